@@ -1,0 +1,47 @@
+"""Where the pipeline reads and writes, from environment variables with working defaults.
+
+Relative paths are resolved against the project root, so `cohort run`, `dagster dev` and the
+tests agree on the same files whatever the current directory is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SQL_DIR = PROJECT_ROOT / "sql"
+EXPECTATIONS_DIR = PROJECT_ROOT / "expectations"
+REPORT_TEMPLATES_DIR = PROJECT_ROOT / "reports"
+
+DEFAULTS = {
+    "COHORT_LANDING_DIR": "data/landing",
+    "COHORT_DUCKDB_PATH": "data/warehouse.duckdb",
+    "COHORT_REPORTS_DIR": "reports/out",
+}
+
+
+def _resolve(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@dataclass(frozen=True)
+class Settings:
+    landing_dir: Path
+    duckdb_path: Path
+    reports_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> Path:
+            return _resolve(env.get(name) or DEFAULTS[name])
+
+        return cls(
+            landing_dir=get("COHORT_LANDING_DIR"),
+            duckdb_path=get("COHORT_DUCKDB_PATH"),
+            reports_dir=get("COHORT_REPORTS_DIR"),
+        )

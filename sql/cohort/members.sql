@@ -1,0 +1,169 @@
+-- The study cohort and its attrition for one data cutoff (protocol: sql/cohort/protocol.toml).
+-- Every candidate carries one flag per protocol step; a member passes them all, and the attrition
+-- table counts, step by step in protocol order, who remains.
+CREATE OR REPLACE TEMP TABLE candidates AS
+WITH snapshot AS (
+    SELECT delivery_id FROM meta.deliveries_as_of(getvariable('data_cutoff'))
+), patients AS (
+    SELECT p.* FROM staging.patients p JOIN snapshot USING (delivery_id)
+), medications AS (
+    SELECT m.* FROM staging.medications m JOIN snapshot USING (delivery_id)
+), first_trt AS (
+    SELECT source_site, patient_key, min(start_date) AS index_date
+    FROM medications WHERE drug_class = 'testosterone' GROUP BY ALL
+), labs AS (
+    SELECT l.source_site, l.patient_key, l.analyte, l.value, l.collected_date
+    FROM staging.labs l JOIN snapshot USING (delivery_id)
+    WHERE l.analyte IN ('bmi', 'vitamin_d', 'testosterone', 'estradiol') AND l.censoring = 'none'
+), baseline_labs AS (
+    -- Closest result to index within [-lab_days_before, +lab_days_after]; ties go to the earlier one.
+    SELECT t.source_site, t.patient_key, l.analyte,
+           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) AS value
+    FROM first_trt t JOIN labs l USING (source_site, patient_key)
+    WHERE l.collected_date BETWEEN t.index_date - getvariable('lab_days_before') AND t.index_date + getvariable('lab_days_after')
+    GROUP BY ALL
+), scans AS (
+    SELECT d.source_site, d.patient_key, d.scan_date, d.skeletal_site, avg(d.sbmd_g_cm2) AS sbmd,
+           any_value(d.manufacturer) AS manufacturer
+    FROM staging.dxa d JOIN snapshot USING (delivery_id)
+    WHERE d.standardized GROUP BY ALL
+), baseline_scan AS (
+    SELECT t.source_site, t.patient_key,
+           arg_min(s.scan_date, (abs(s.scan_date - t.index_date), s.scan_date)) AS baseline_scan_date
+    FROM first_trt t JOIN scans s USING (source_site, patient_key)
+    WHERE s.scan_date BETWEEN t.index_date - getvariable('baseline_scan_days_before')
+                          AND t.index_date + getvariable('baseline_scan_days_after')
+    GROUP BY ALL
+), baseline_bmd AS (
+    SELECT b.source_site, b.patient_key, b.baseline_scan_date,
+           any_value(s.manufacturer) AS scanner_manufacturer,
+           max(s.sbmd) FILTER (s.skeletal_site = 'lumbar_spine') AS sbmd_lumbar_spine,
+           max(s.sbmd) FILTER (s.skeletal_site = 'femoral_neck') AS sbmd_femoral_neck,
+           max(s.sbmd) FILTER (s.skeletal_site = 'total_hip') AS sbmd_total_hip
+    FROM baseline_scan b JOIN scans s
+      ON s.source_site = b.source_site AND s.patient_key = b.patient_key AND s.scan_date = b.baseline_scan_date
+    GROUP BY ALL
+), fractures AS (
+    SELECT f.source_site, f.patient_key, f.fracture_date
+    FROM staging.fractures f JOIN snapshot USING (delivery_id)
+), bone_drugs AS (
+    SELECT source_site, patient_key, start_date FROM medications
+    WHERE drug_class IN (SELECT unnest(getvariable('bone_active_drug_classes')))
+), glucocorticoids AS (
+    SELECT source_site, patient_key, start_date,
+           coalesce(end_date, start_date + getvariable('default_days_supply') - 1) AS end_date
+    FROM medications WHERE drug_class = 'glucocorticoid'
+), ai AS (
+    SELECT source_site, patient_key, episode_start, episode_end
+    FROM cohort.ai_episodes WHERE data_cutoff = getvariable('data_cutoff')
+), outcomes AS (
+    SELECT t.source_site, t.patient_key,
+           (SELECT min(f.fracture_date) FROM fractures f
+             WHERE f.source_site = t.source_site AND f.patient_key = t.patient_key AND f.fracture_date > t.index_date) AS fracture_date,
+           (SELECT min(b.start_date) FROM bone_drugs b
+             WHERE b.source_site = t.source_site AND b.patient_key = t.patient_key AND b.start_date > t.index_date) AS bone_active_drug_date,
+           EXISTS (SELECT 1 FROM bone_drugs b
+             WHERE b.source_site = t.source_site AND b.patient_key = t.patient_key AND b.start_date <= t.index_date) AS prior_bone_drug,
+           EXISTS (SELECT 1 FROM fractures f
+             WHERE f.source_site = t.source_site AND f.patient_key = t.patient_key
+               AND f.fracture_date BETWEEN t.index_date - getvariable('prior_fracture_days') AND t.index_date) AS prior_fracture,
+           EXISTS (SELECT 1 FROM glucocorticoids g
+             WHERE g.source_site = t.source_site AND g.patient_key = t.patient_key
+               AND t.index_date BETWEEN g.start_date AND g.end_date) AS glucocorticoid_at_index
+    FROM first_trt t
+)
+SELECT
+    p.source_site, p.patient_key, t.index_date,
+    CASE WHEN p.age_90_plus THEN 90 ELSE year(t.index_date) - p.birth_year END AS age_at_index,
+    max(bl.value) FILTER (bl.analyte = 'bmi') AS bmi,
+    max(bl.value) FILTER (bl.analyte = 'vitamin_d') AS vitamin_d_ng_ml,
+    max(bl.value) FILTER (bl.analyte = 'testosterone') AS testosterone_ng_dl,
+    max(bl.value) FILTER (bl.analyte = 'estradiol') AS estradiol_pg_ml,
+    any_value(o.glucocorticoid_at_index) AS glucocorticoid_at_index,
+    any_value(bb.baseline_scan_date) AS baseline_scan_date,
+    any_value(bb.scanner_manufacturer) AS scanner_manufacturer,
+    any_value(bb.sbmd_lumbar_spine) AS sbmd_lumbar_spine,
+    any_value(bb.sbmd_femoral_neck) AS sbmd_femoral_neck,
+    any_value(bb.sbmd_total_hip) AS sbmd_total_hip,
+    any_value(o.fracture_date) AS fracture_date, p.death_date, any_value(o.bone_active_drug_date) AS bone_active_drug_date,
+    p.enrollment_end,
+    -- protocol steps
+    p.sex_at_birth = getvariable('sex_at_birth') AS step_sex,
+    t.index_date IS NOT NULL AS step_testosterone,
+    t.index_date - p.enrollment_start >= getvariable('washout_days') AND t.index_date <= p.enrollment_end AS step_new_user,
+    coalesce(CASE WHEN p.age_90_plus THEN 90 ELSE year(t.index_date) - p.birth_year END >= getvariable('min_age_at_index'), false) AS step_adult,
+    NOT coalesce(any_value(o.prior_bone_drug), false) AS step_no_prior_bone_drug,
+    NOT coalesce(any_value(o.prior_fracture), false) AS step_no_prior_fracture,
+    (p.death_date IS NULL OR p.death_date > t.index_date) AS step_follow_up,
+    any_value(bb.baseline_scan_date) IS NOT NULL AS step_baseline_scan
+FROM patients p
+LEFT JOIN first_trt t USING (source_site, patient_key)
+LEFT JOIN baseline_labs bl USING (source_site, patient_key)
+LEFT JOIN baseline_bmd bb USING (source_site, patient_key)
+LEFT JOIN outcomes o USING (source_site, patient_key)
+GROUP BY p.source_site, p.patient_key, t.index_date, p.age_90_plus, p.birth_year, p.death_date, p.enrollment_end,
+         p.enrollment_start, p.sex_at_birth;
+
+DELETE FROM cohort.members WHERE data_cutoff = getvariable('data_cutoff');
+INSERT INTO cohort.members
+WITH eligible AS (
+    SELECT * FROM candidates
+    WHERE step_sex AND step_testosterone AND step_new_user AND step_adult AND step_no_prior_bone_drug
+      AND step_no_prior_fracture AND step_follow_up
+), ended AS (
+    SELECT e.*,
+        least(e.fracture_date, e.death_date, e.bone_active_drug_date, e.enrollment_end, getvariable('data_cutoff')) AS follow_up_end
+    FROM eligible e
+), exposure AS (
+    SELECT x.source_site, x.patient_key, min(greatest(a.episode_start, x.index_date)) AS first_ai_date
+    FROM ended x JOIN cohort.ai_episodes a
+      ON a.data_cutoff = getvariable('data_cutoff') AND a.source_site = x.source_site AND a.patient_key = x.patient_key
+     AND a.episode_end >= x.index_date AND a.episode_start <= x.follow_up_end
+    GROUP BY ALL
+), follow_up_scans AS (
+    SELECT x.source_site, x.patient_key, count(DISTINCT d.scan_date) AS later_scans
+    FROM ended x JOIN staging.dxa d ON d.source_site = x.source_site AND d.patient_key = x.patient_key
+    JOIN meta.deliveries_as_of(getvariable('data_cutoff')) s ON s.delivery_id = d.delivery_id
+    WHERE d.standardized AND d.scan_date > x.baseline_scan_date AND d.scan_date <= x.follow_up_end
+    GROUP BY ALL
+)
+SELECT getvariable('data_cutoff'), x.source_site, x.patient_key, x.index_date, x.age_at_index, x.bmi, x.vitamin_d_ng_ml,
+       x.testosterone_ng_dl, x.estradiol_pg_ml, x.glucocorticoid_at_index, x.baseline_scan_date, x.scanner_manufacturer,
+       x.sbmd_lumbar_spine, x.sbmd_femoral_neck, x.sbmd_total_hip,
+       x.step_baseline_scan AND (coalesce(f.later_scans, 0) > 0 OR NOT getvariable('require_follow_up_scan')) AS in_bmd_analysis,
+       e.first_ai_date IS NOT NULL AS ai_ever, e.first_ai_date,
+       x.fracture_date, x.death_date, x.bone_active_drug_date, x.enrollment_end, x.follow_up_end,
+       CASE x.follow_up_end WHEN x.fracture_date THEN 'fracture' WHEN x.death_date THEN 'death'
+            WHEN x.bone_active_drug_date THEN 'bone_active_drug' WHEN x.enrollment_end THEN 'end_of_enrollment'
+            ELSE 'data_cutoff' END AS follow_up_end_reason,
+       (x.follow_up_end - x.index_date)::INTEGER AS follow_up_days
+FROM ended x
+LEFT JOIN exposure e USING (source_site, patient_key)
+LEFT JOIN follow_up_scans f USING (source_site, patient_key);
+
+DELETE FROM cohort.attrition WHERE data_cutoff = getvariable('data_cutoff');
+INSERT INTO cohort.attrition
+WITH counts AS (
+    SELECT 1 AS step_order, 'source_population' AS step, 'Patients in the current deliveries' AS description, count(*) AS remaining FROM candidates
+    UNION ALL SELECT 2, 'sex_at_birth', 'Sex at birth as in the protocol', count(*) FILTER (step_sex) FROM candidates
+    UNION ALL SELECT 3, 'testosterone_user', 'At least one testosterone dispensing',
+        count(*) FILTER (step_sex AND step_testosterone) FROM candidates
+    UNION ALL SELECT 4, 'new_user', 'No testosterone in the washout after enrollment start (new user)',
+        count(*) FILTER (step_sex AND step_testosterone AND step_new_user) FROM candidates
+    UNION ALL SELECT 5, 'adult_at_index', 'Age at index at least the protocol minimum',
+        count(*) FILTER (step_sex AND step_testosterone AND step_new_user AND step_adult) FROM candidates
+    UNION ALL SELECT 6, 'no_prior_bone_active_drug', 'No bone-active drug before index',
+        count(*) FILTER (step_sex AND step_testosterone AND step_new_user AND step_adult AND step_no_prior_bone_drug) FROM candidates
+    UNION ALL SELECT 7, 'no_prior_fracture', 'No fragility fracture in the lookback before index (index day included)',
+        count(*) FILTER (step_sex AND step_testosterone AND step_new_user AND step_adult AND step_no_prior_bone_drug
+                         AND step_no_prior_fracture) FROM candidates
+    UNION ALL SELECT 8, 'positive_follow_up', 'Alive after the index day: fracture analysis cohort',
+        count(*) FROM cohort.members WHERE data_cutoff = getvariable('data_cutoff')
+    UNION ALL SELECT 9, 'baseline_dxa', 'Baseline DXA in the window around index',
+        count(*) FILTER (baseline_scan_date IS NOT NULL) FROM cohort.members WHERE data_cutoff = getvariable('data_cutoff')
+    UNION ALL SELECT 10, 'follow_up_dxa', 'A later DXA during follow-up: BMD analysis cohort',
+        count(*) FILTER (in_bmd_analysis) FROM cohort.members WHERE data_cutoff = getvariable('data_cutoff')
+)
+SELECT getvariable('data_cutoff'), step_order, step, description, remaining,
+       coalesce(lag(remaining) OVER (ORDER BY step_order) - remaining, 0)
+FROM counts ORDER BY step_order;
