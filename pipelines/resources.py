@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,13 +15,30 @@ from cohort.settings import Settings
 
 
 class Warehouse(DuckDBResource):
-    """The DuckDB warehouse file; creates its folder on first use."""
+    """The DuckDB warehouse file. Unlike the base resource, the connection is closed even when the
+    step fails, so a failed step never leaves the file locked for the rest of the process."""
+
+    lock_wait_seconds: float = 120.0
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        with super().get_connection() as con:
+        con = self._connect_waiting_for_lock()
+        try:
             yield con
+        finally:
+            con.close()
+
+    def _connect_waiting_for_lock(self) -> duckdb.DuckDBPyConnection:
+        # Another process (a reader, another run) may hold the file; DuckDB allows one writer.
+        deadline = time.monotonic() + self.lock_wait_seconds
+        while True:
+            try:
+                return duckdb.connect(self.database, config=self.connection_config)
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
 
 class Locations(dg.ConfigurableResource):

@@ -1,0 +1,100 @@
+"""The whole pipeline on a delivery written by hand: real DuckDB file, real Dagster runs, real GX."""
+
+import csv
+import gzip
+import json
+import re
+
+import pytest
+
+from cohort.cli import main
+from tests.conftest import PARTNER_DELIVERY, land, query
+
+
+def test_every_delivered_record_is_accounted_for(partner_run):
+    settings, summary, _, _ = partner_run
+    assert summary.deliveries_loaded == [PARTNER_DELIVERY.name]
+    manifest = json.loads((PARTNER_DELIVERY / "manifest.json").read_text())
+    expected = {name.split(".")[0]: entry["rows"] for name, entry in manifest["files"].items()}
+    counts = dict(query(settings, "SELECT table_name, raw_rows FROM meta.ingest_counts"))
+    assert counts == expected
+    for table, raw, staged, quarantined, duplicates in query(
+        settings, "SELECT table_name, raw_rows, staging_rows, quarantined_rows, duplicate_rows FROM meta.ingest_counts"
+    ):
+        (in_staging,) = query(settings, f"SELECT count(*) FROM staging.{table}")[0]
+        assert in_staging == staged
+        assert raw == staged + quarantined + duplicates
+    # The one non-numeric lab result (HEMOLYZED) is quarantined with its reason and its record
+    # number (as Python's csv module counts records), not dropped.
+    with gzip.open(PARTNER_DELIVERY / "labs.csv.gz", "rt", newline="") as handle:
+        record = next(n for n, row in enumerate(csv.DictReader(handle), start=1) if row["result"] == "HEMOLYZED")
+    assert query(settings, "SELECT table_name, rule, column_name, source_record FROM quarantine.rows") == [
+        ("labs", "non_numeric_result", "result", record)
+    ]
+
+
+def test_validation_checks_ran_and_passed(partner_run):
+    settings, _, instance, _ = partner_run
+    rows = query(settings, "SELECT table_name, count(*), count(*) FILTER (passed) FROM meta.dq_results GROUP BY 1 ORDER BY 1")
+    assert [r[0] for r in rows] == ["diagnoses", "dxa", "labs", "medications", "patients"]
+    assert all(total >= 4 for _, total, _ in rows)
+    # Even the warn-level "mostly male" expectation passes: 2 of 40 are not male, within its 10%.
+    assert all(total == passed for _, total, passed in rows)
+    import dagster as dg
+
+    evaluations = instance.get_records_for_run(
+        run_id=instance.get_runs(dg.RunsFilter(job_name="ingest_new_deliveries"))[0].run_id,
+        of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+    ).records
+    assert len(evaluations) == 5
+    assert all(r.event_log_entry.dagster_event.event_specific_data.passed for r in evaluations)
+
+
+def test_cohort_and_report(partner_run):
+    settings, summary, _, lines = partner_run
+    (members,) = query(settings, "SELECT count(*) FROM cohort.members")[0]
+    # 40 patients: 2 not male, 3 prevalent testosterone users (first dispensing 60 days after enrollment).
+    assert members == 35
+    attrition = query(settings, "SELECT step, patients_remaining, patients_excluded FROM cohort.attrition ORDER BY step_order")
+    assert attrition[0] == ("source_population", 40, 0)
+    assert attrition[1] == ("sex_at_birth", 38, 2)
+    assert ("new_user", 35, 3) in attrition
+    (fractures,) = query(settings, "SELECT count(*) FROM cohort.members WHERE follow_up_end_reason = 'fracture'")[0]
+    assert fractures == 4  # ER visit + admission + follow-up code = one fracture each
+    km = query(settings, "SELECT group_label, min(survival) FROM results.km_curves GROUP BY 1 ORDER BY 1")
+    assert [g for g, _ in km] == ["AI during follow-up", "No AI"]
+    assert all(0 < s < 1 for _, s in km)
+
+    report = summary.reports["2025-Q2"]
+    assert report == settings.reports_dir / "2025-Q2" / "cohort_report.html"
+    html = report.read_text()
+    assert re.search(r'data-metric="cohort_size">35<', html)
+    assert "northside_2025q2" in html and "data:image/png;base64," in html
+    # Small cells: 4 fractures are shown as <11, never as the number.
+    assert 'data-metric="fractures">&lt;11<' in html
+    assert any(line.startswith("[reports] 2025-Q2") for line in lines)
+    assert any(line.startswith("[cohort] 2025-Q2") for line in lines)
+
+
+def test_cli_run_without_deliveries_fails_clearly(workspace, capsys, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(workspace.landing_dir.parent / "dagster_home"))
+    code = main(["run", "--landing", str(workspace.landing_dir), "--duckdb", str(workspace.duckdb_path),
+                 "--reports", str(workspace.reports_dir)])
+    assert code == 1
+    assert "no deliveries in" in capsys.readouterr().err
+
+
+def test_cli_run_reports_a_rejected_delivery(workspace, capsys, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(workspace.landing_dir.parent / "dagster_home"))
+    folder = land(workspace, PARTNER_DELIVERY)
+    with (folder / "dxa.csv").open("a") as handle:
+        handle.write("NS000001x,2024-01-01,femoral_neck,left,0.8,,,Hologic,\n")
+    code = main(["run", "--landing", str(workspace.landing_dir), "--duckdb", str(workspace.duckdb_path),
+                 "--reports", str(workspace.reports_dir)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "northside_2025q2" in err and "sha256 of dxa.csv does not match the manifest" in err
+    assert query(workspace, "SELECT status, reason FROM meta.deliveries") == [
+        ("rejected", "sha256 of dxa.csv does not match the manifest")
+    ]
+    assert query(workspace, "SELECT count(*) FROM staging.patients") == [(0,)]
