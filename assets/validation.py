@@ -83,12 +83,18 @@ def _persist(con, run_id: str, delivery_id: str, table: str, outcomes: list[Expe
 def staging_expectations(context: dg.AssetCheckExecutionContext, warehouse: Warehouse):
     """Run each staging table's GX suite on the delivery being ingested."""
     delivery_id = context.run.tags.get("dagster/partition")
+    blocking_failures = 0
     with warehouse.get_connection() as con:
         for table in TABLES:
             frame = con.execute(f"SELECT * FROM staging.{table} WHERE delivery_id = ?", [delivery_id]).df()
             outcomes = validate_frame(frame, f"staging_{table}")
             _persist(con, context.run.run_id, delivery_id, table, outcomes)
+            blocking_failures += sum(o.blocking_failure for o in outcomes)
             yield _check_result(table, outcomes)
+        # Later runs (the quarterly cohort) use only deliveries whose blocking checks passed.
+        con.execute(
+            "UPDATE meta.deliveries SET validation_passed = ? WHERE delivery_id = ?", [blocking_failures == 0, delivery_id]
+        )
 
 
 @dg.asset(

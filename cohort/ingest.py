@@ -95,7 +95,7 @@ def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: Deli
 def _record_delivery(con: duckdb.DuckDBPyConnection, manifest: Manifest | None, delivery_id: str, status: str, reason: str | None) -> None:
     files = {f.path.name: {"rows": f.expected_rows, "sha256": f.sha256} for f in manifest.files.values()} if manifest else None
     con.execute(
-        "INSERT OR REPLACE INTO meta.deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO meta.deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         [
             delivery_id,
             manifest.source_site if manifest else None,

@@ -99,7 +99,7 @@ def run_pipeline(settings: Settings, progress: Callable[[str], None] = print, in
 
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         cutoffs = [row[0] for row in con.execute(
-            "SELECT DISTINCT data_cutoff FROM meta.deliveries WHERE status = 'loaded' ORDER BY 1").fetchall()]
+            "SELECT DISTINCT data_cutoff FROM meta.deliveries WHERE status = 'loaded' AND validation_passed ORDER BY 1").fetchall()]
     quarters = sorted({quarter_key(cutoff) for cutoff in cutoffs})
     quarter_job = defs.resolve_job_def("quarterly_cohort_report")
     for quarter in quarters:

@@ -16,10 +16,12 @@ CREATE TABLE IF NOT EXISTS meta.deliveries (
     reason           VARCHAR,            -- why a delivery was rejected
     manifest_sha256  VARCHAR,
     files            JSON,               -- file name -> {rows, sha256} as in the manifest
-    ingested_at      TIMESTAMPTZ NOT NULL
+    ingested_at      TIMESTAMPTZ NOT NULL,
+    validation_passed BOOLEAN            -- NULL until validated; false if a blocking expectation failed
 );
 COMMENT ON TABLE meta.deliveries IS 'One row per delivery folder seen in the landing zone: loaded or rejected (with the reason).';
 COMMENT ON COLUMN meta.deliveries.status IS 'loaded: in raw/staging/quarantine; rejected: nothing from it was loaded.';
+COMMENT ON COLUMN meta.deliveries.validation_passed IS 'NULL: not validated yet; false: an error-severity expectation failed, so the cohort does not use it.';
 COMMENT ON COLUMN meta.deliveries.data_cutoff IS 'Date up to which the delivery is a full snapshot of its site.';
 
 CREATE TABLE IF NOT EXISTS meta.ingest_counts (
@@ -131,12 +133,12 @@ CREATE TABLE IF NOT EXISTS quarantine.rows (
 );
 COMMENT ON TABLE quarantine.rows IS 'Every delivered record that could not go to staging: the first rule it broke, the column, and the record as delivered.';
 
--- The deliveries that make up the warehouse as it stood at a data cutoff: per site, the loaded
--- delivery with the latest data_cutoff on or before it (then the latest extraction).
+-- The deliveries that make up the warehouse as it stood at a data cutoff: per site, the loaded and
+-- validated delivery with the latest data_cutoff on or before it (then the latest extraction).
 CREATE OR REPLACE MACRO meta.deliveries_as_of(cutoff) AS TABLE
     SELECT delivery_id, source_site, data_cutoff, extracted_at
     FROM meta.deliveries
-    WHERE status = 'loaded' AND data_cutoff <= cutoff
+    WHERE status = 'loaded' AND validation_passed AND data_cutoff <= cutoff
     QUALIFY row_number() OVER (PARTITION BY source_site ORDER BY data_cutoff DESC, extracted_at DESC) = 1;
 
 CREATE TABLE IF NOT EXISTS meta.dq_results (
