@@ -1,21 +1,27 @@
 """Load one delivery into the warehouse: raw (as delivered) -> staging (typed, harmonized) + quarantine.
 
-A delivery loads atomically (one transaction), is idempotent (same manifest: nothing changes),
-and a delivery that breaks the contract at file level is rejected whole and recorded in
-`meta.deliveries` with its reason. Row-level problems never fail a delivery: each record ends
-in staging, in quarantine (with the rule it broke) or in the exact-duplicate count.
+A delivery loads atomically (one transaction: a failure or a killed process leaves the warehouse
+as it was), is idempotent (the same manifest again changes nothing) and a delivery that breaks the
+contract at file level is rejected whole — or held, when it seems to hold direct identifiers — and
+recorded in `meta.deliveries` with its reason. Row-level problems never fail a delivery: each
+record ends in staging, in quarantine (with the rule it broke) or in the exact-duplicate count.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 
+from cohort import privacy
 from cohort.contract import REQUIRED_COLUMNS, TABLE_COLUMNS, TABLES, DeliveryFile, DeliveryRejected, Manifest, read_manifest
 from cohort.settings import SQL_DIR
 from cohort.sql import run_sql, set_variables, sql_text
@@ -24,14 +30,21 @@ from cohort.sql import run_sql, set_variables, sql_text
 STAGING_ORDER = ("patients", "medications", "labs", "dxa", "diagnoses")
 
 
+class DeliveryHeld(DeliveryRejected):
+    """The delivery seems to hold direct identifiers: nothing is kept, the findings name no value."""
+
+    status = "held"
+
+
 @dataclass
 class IngestOutcome:
     delivery_id: str
-    status: str  # loaded | unchanged | rejected
+    status: str  # loaded | unchanged | rejected | held
     reason: str | None = None
     data_cutoff: str | None = None
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # table -> raw/staging/quarantined/duplicate
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # table -> raw/staging/quarantined/duplicates
     quarantine_reasons: list[tuple[str, str, str, int]] = field(default_factory=list)  # table, rule, column, rows
+    extra_columns: dict[str, list[str]] = field(default_factory=dict)  # table -> delivered columns outside the contract
 
 
 def prepare_warehouse(con: duckdb.DuckDBPyConnection) -> None:
@@ -44,52 +57,136 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _reader(file: DeliveryFile) -> str:
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _duckdb_reason(error: Exception) -> str:
+    """DuckDB's message reduced to its line number and reason: the offending line's content (which
+    may hold identifiers), the reader options and the suggestions are dropped."""
+    text = str(error)
+    line = re.search(r"CSV Error on Line: (\d+)", text)
+    keep = [
+        part.strip() for part in text.splitlines()[1:]
+        if part.strip() and not re.match(r"(Original Line|Possible|\*|file =|\w+ = |LINE \d|\^)", part.strip())
+    ]
+    reason = keep[0] if keep else text.splitlines()[0]
+    reason = re.sub(r"(?i)(original line|value)\s*:.*", "", reason).strip()
+    return f"line {line.group(1)}: {reason}" if line else reason
+
+
+def _open_text(file: DeliveryFile) -> io.TextIOBase:
+    raw = gzip.open(file.path, "rb") if file.format == ".csv.gz" else file.path.open("rb")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+def _csv_header(delivery_id: str, file: DeliveryFile) -> list[str]:
+    """The header record, read on its own so that a bad byte further down is reported by DuckDB
+    with its line number rather than here."""
+    opener = gzip.open if file.format == ".csv.gz" else open
+    try:
+        with opener(file.path, "rb") as handle:
+            text = handle.readline()
+            while text.count(b'"') % 2 and (more := handle.readline()):  # a quoted newline in the header
+                text += more
+        header = next(csv.reader([text.decode("utf-8-sig")]), None)
+    except UnicodeDecodeError:
+        raise DeliveryRejected(delivery_id, f"{file.path.name} header is not UTF-8 text", file.path.name)
+    except (OSError, EOFError, zlib.error, csv.Error):
+        what = "is not a valid gzip file" if file.format == ".csv.gz" else "header could not be read as CSV"
+        raise DeliveryRejected(delivery_id, f"{file.path.name} {what}", file.path.name)
+    if not header:
+        raise DeliveryRejected(delivery_id, f"{file.path.name} is empty: a header row is required", file.path.name)
+    return header
+
+
+def _embedded_newlines(file: DeliveryFile, records: int) -> bool:
+    """Whether some quoted field holds a line break, so record n does not start on line n + 1."""
+    opener = gzip.open if file.format == ".csv.gz" else open
+    with opener(file.path, "rb") as handle:
+        newlines = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 22), b""))
+    return newlines > records + 1
+
+
+def _record_lines(file: DeliveryFile) -> list[tuple[int, int]]:
+    """(record, first line) for every record, for the rare file whose quoted fields hold newlines."""
+    with _open_text(file) as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        pairs, line = [], reader.line_num
+        for record, _ in enumerate(reader, start=1):
+            pairs.append((record, line + 1))
+            line = reader.line_num
+    return pairs
+
+
+def _reader(file: DeliveryFile, header: list[str]) -> str:
     if file.format == ".parquet":
         return "read_parquet($path, file_row_number = true)"
-    # RFC 4180 as the contract says; types are decided later, so everything is read as text.
-    return "read_csv($path, header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"')"
+    # RFC 4180 exactly as the contract says, no dialect sniffing; types are decided in staging.
+    columns = "{" + ", ".join(f"{_literal(h)}: 'VARCHAR'" for h in header) + "}"
+    return (
+        f"read_csv($path, auto_detect = false, header = true, columns = {columns}, delim = ',', quote = '\"', "
+        "escape = '\"', strict_mode = true)"
+    )
 
 
-def _first_line(error: Exception) -> str:
-    """DuckDB's message without the offending line's content, which may hold identifiers."""
-    message = str(error).splitlines()[0] if str(error) else error.__class__.__name__
-    return re.sub(r"(?i)(original line|value)\s*:.*", "", message).strip()
-
-
-def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: DeliveryFile) -> None:
-    table = file.table
-    try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {_reader(file)}", {"path": str(file.path)}).fetchall()
-    except duckdb.Error as error:
-        raise DeliveryRejected(delivery_id, f"{file.path.name} could not be read: {_first_line(error)}", file.path.name)
-    delivered = [row[0] for row in described if row[0] != "file_row_number"]
-    by_name = {name.strip().lower(): name for name in delivered}
+def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: DeliveryFile) -> list[str]:
+    """Copy one file into raw.<table> as text; returns the delivered columns outside the contract."""
+    table, name = file.table, file.path.name
+    if file.format == ".parquet":
+        try:
+            header = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet($path)", {"path": str(file.path)}).fetchall()]
+        except duckdb.Error as error:
+            raise DeliveryRejected(delivery_id, f"{name} could not be read as Parquet: {_duckdb_reason(error)}", name)
+    else:
+        header = _csv_header(delivery_id, file)
+    by_name = {h.strip().lower(): h for h in header}
+    if len(by_name) != len(header):
+        raise DeliveryRejected(delivery_id, f"{name} has duplicate column names in its header", name)
     if missing := [c for c in REQUIRED_COLUMNS[table] if c not in by_name]:
-        raise DeliveryRejected(delivery_id, f"{file.path.name} lacks required column(s): {', '.join(missing)}", file.path.name)
+        hint = " (is it comma-separated?)" if len(header) == 1 and re.search(r"[;\t|]", header[0]) else ""
+        raise DeliveryRejected(delivery_id, f"{name} lacks required column(s): {', '.join(missing)}{hint}", name)
 
     def text(column: str) -> str:
         return f"NULLIF(CAST({_quote(by_name[column])} AS VARCHAR), '')" if column in by_name else "NULL"
 
-    extras = [name for key, name in by_name.items() if key not in TABLE_COLUMNS[table]]
+    extras = [h for key, h in by_name.items() if key not in TABLE_COLUMNS[table]]
     extra_json = (
-        "json_object(" + ", ".join(f"'{e.replace(chr(39), chr(39) * 2)}', CAST({_quote(e)} AS VARCHAR)" for e in extras) + ")"
+        "json_object(" + ", ".join(f"{_literal(e)}, CAST({_quote(e)} AS VARCHAR)" for e in extras) + ")"
         if extras else "NULL::JSON"
     )
     record = "file_row_number + 1" if file.format == ".parquet" else "row_number() OVER ()"
     select = ", ".join(text(c) for c in TABLE_COLUMNS[table])
     try:
         con.execute(
-            f"INSERT INTO raw.{table} SELECT $delivery, $file, {record}, {select}, {extra_json} FROM {_reader(file)}",
-            {"delivery": delivery_id, "file": file.path.name, "path": str(file.path)},
+            f"INSERT INTO raw.{table} SELECT $delivery, $file, {record}, NULL, {select}, {extra_json} "
+            f"FROM {_reader(file, header)}",
+            {"delivery": delivery_id, "file": name, "path": str(file.path)},
         )
     except duckdb.Error as error:
-        raise DeliveryRejected(delivery_id, f"{file.path.name} could not be read: {_first_line(error)}", file.path.name)
+        reason = _duckdb_reason(error).replace(str(file.path), name)
+        raise DeliveryRejected(delivery_id, f"{name} could not be read: {reason}", name)
     loaded = con.execute(f"SELECT count(*) FROM raw.{table} WHERE delivery_id = ?", [delivery_id]).fetchone()[0]
     if loaded != file.expected_rows:
-        raise DeliveryRejected(
-            delivery_id, f"{file.path.name} holds {loaded} records but the manifest says {file.expected_rows}", file.path.name
-        )
+        raise DeliveryRejected(delivery_id, f"{name} holds {loaded} records but the manifest says {file.expected_rows}", name)
+    _set_source_lines(con, delivery_id, file, loaded)
+    return extras
+
+
+def _set_source_lines(con: duckdb.DuckDBPyConnection, delivery_id: str, file: DeliveryFile, records: int) -> None:
+    if file.format == ".parquet":
+        return  # no lines in Parquet: source_record (the row number) locates the row
+    if not _embedded_newlines(file, records):
+        con.execute(f"UPDATE raw.{file.table} SET source_line = source_record + 1 WHERE delivery_id = ?", [delivery_id])
+        return
+    lines = _record_lines(file)  # noqa: F841 - read by DuckDB below
+    con.execute("CREATE OR REPLACE TEMP TABLE record_lines (source_record BIGINT, source_line BIGINT)")
+    con.executemany("INSERT INTO record_lines VALUES (?, ?)", lines)
+    con.execute(
+        f"UPDATE raw.{file.table} r SET source_line = l.source_line FROM record_lines l "
+        "WHERE r.delivery_id = ? AND r.source_record = l.source_record", [delivery_id]
+    )
 
 
 def _record_delivery(con: duckdb.DuckDBPyConnection, manifest: Manifest | None, delivery_id: str, status: str, reason: str | None) -> None:
@@ -110,11 +207,18 @@ def _record_delivery(con: duckdb.DuckDBPyConnection, manifest: Manifest | None, 
     )
 
 
+def _log_event(con: duckdb.DuckDBPyConnection, delivery_id: str, event: str, manifest: Manifest | None, detail: str | None) -> None:
+    con.execute(
+        "INSERT INTO meta.delivery_events VALUES (?, ?, ?, ?, ?)",
+        [delivery_id, event, manifest.manifest_sha256 if manifest else None, detail, datetime.now(timezone.utc)],
+    )
+
+
 def _delete_delivery(con: duckdb.DuckDBPyConnection, delivery_id: str) -> None:
     for table in TABLES:
         con.execute(f"DELETE FROM raw.{table} WHERE delivery_id = ?", [delivery_id])
         con.execute(f"DELETE FROM staging.{table} WHERE delivery_id = ?", [delivery_id])
-    for table in ("staging.fractures", "quarantine.rows", "meta.ingest_counts"):
+    for table in ("staging.fractures", "quarantine.rows", "meta.ingest_counts", "meta.extra_columns"):
         con.execute(f"DELETE FROM {table} WHERE delivery_id = ?", [delivery_id])
 
 
@@ -135,6 +239,10 @@ def delivery_summary(con: duckdb.DuckDBPyConnection, delivery_id: str) -> Ingest
         "SELECT table_name, rule, column_name, count(*) FROM quarantine.rows WHERE delivery_id = ? "
         "GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3", [delivery_id]
     ).fetchall()
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM meta.extra_columns WHERE delivery_id = ? ORDER BY ALL", [delivery_id]
+    ).fetchall():
+        outcome.extra_columns.setdefault(table, []).append(column)
     return outcome
 
 
@@ -152,6 +260,7 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, folder: Path) -> IngestOutco
         "SELECT status, manifest_sha256 FROM meta.deliveries WHERE delivery_id = ?", [delivery_id]
     ).fetchone()
     if previous == ("loaded", manifest.manifest_sha256):
+        _log_event(con, delivery_id, "unchanged", manifest, "same manifest as the loaded delivery: nothing to do")
         outcome = delivery_summary(con, delivery_id)
         outcome.status = "unchanged"
         return outcome
@@ -160,14 +269,24 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, folder: Path) -> IngestOutco
     try:
         # A corrected re-delivery (same id, new manifest) replaces its predecessor's rows wholesale.
         _delete_delivery(con, delivery_id)
+        findings: list[privacy.Finding] = []
         for table in TABLES:
-            _load_raw_table(con, delivery_id, manifest.files[table])
+            file = manifest.files[table]
+            extras = _load_raw_table(con, delivery_id, file)
+            if extras:
+                con.executemany("INSERT INTO meta.extra_columns VALUES (?, ?, ?)", [[delivery_id, table, e] for e in extras])
+            findings += privacy.scan(con, delivery_id, table, file.path.name, extras)
+        if findings:
+            raise DeliveryHeld(delivery_id, "possible direct identifiers: " + "; ".join(f.describe() for f in findings))
         set_variables(con, delivery_id=delivery_id, source_site=manifest.source_site, data_cutoff=manifest.data_cutoff)
         for table in STAGING_ORDER:
             con.execute(sql_text(f"staging/{table}"))
             con.execute(sql_text("staging/route_typed_rows", table=table))
         con.execute(sql_text("staging/fractures"))
+        replaced = previous is not None and previous[0] == "loaded"
         _record_delivery(con, manifest, delivery_id, "loaded", None)
+        _log_event(con, delivery_id, "replaced" if replaced else "loaded", manifest,
+                   "corrected re-delivery replaced the earlier load" if replaced else None)
         con.execute("COMMIT")
     except BaseException as error:
         con.execute("ROLLBACK")
@@ -178,7 +297,9 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, folder: Path) -> IngestOutco
 
 
 def _record_rejection(con: duckdb.DuckDBPyConnection, manifest: Manifest | None, rejection: DeliveryRejected) -> None:
+    status = getattr(rejection, "status", "rejected")
+    _log_event(con, rejection.delivery, status, manifest, rejection.reason)
     # A rejected re-delivery must not erase the record of a delivery that is loaded and in use.
-    status = con.execute("SELECT status FROM meta.deliveries WHERE delivery_id = ?", [rejection.delivery]).fetchone()
-    if status != ("loaded",):
-        _record_delivery(con, manifest, rejection.delivery, "rejected", rejection.reason)
+    current = con.execute("SELECT status FROM meta.deliveries WHERE delivery_id = ?", [rejection.delivery]).fetchone()
+    if current != ("loaded",):
+        _record_delivery(con, manifest, rejection.delivery, status, rejection.reason)

@@ -23,7 +23,7 @@ from pipelines.resources import build_resources
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 # The progress lines are the console output; Dagster's own event log stays in the instance (and the UI).
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 class PipelineError(RuntimeError):
@@ -51,8 +51,10 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
-            cause = error.cause.message.strip() if error and error.cause else ""
-            messages.append(f"{event.step_key}: {(error.message.strip() if error else 'failed')} {cause}".strip())
+            # The user's exception is the cause; Dagster's wrapper adds nothing a reader needs.
+            root = error.cause if error and error.cause else error
+            text = root.message.strip() if root else "failed"
+            messages.append(f"{event.step_key}: {text.split(': ', 1)[-1] if root is not error else text}")
         elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:

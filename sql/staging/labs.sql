@@ -47,8 +47,9 @@ SELECT
              WHEN collected_d IS NULL THEN 'invalid_date:collected_date'
              WHEN collected_d > getvariable('data_cutoff') THEN 'after_data_cutoff:collected_date' END,
         CASE WHEN result IS NULL THEN 'missing_value:result'
-             WHEN number_f IS NULL THEN 'non_numeric_result:result'
-             WHEN NOT isfinite(number_f) THEN 'non_finite_number:result' END,
+             WHEN lower(trim(result)) IN ('inf', '+inf', '-inf', 'infinity', '-infinity', 'nan')
+               OR (parts.number <> '' AND (number_f IS NULL OR NOT isfinite(number_f))) THEN 'non_finite_number:result'
+             WHEN number_f IS NULL THEN 'non_numeric_result:result' END,
         CASE WHEN analyte_id IS NOT NULL AND factor IS NULL THEN 'unknown_unit:unit' END,
         CASE WHEN analyte_id IS NOT NULL AND factor IS NOT NULL AND isfinite(number_f)
                   AND (number_f * factor < min_plausible OR number_f * factor > max_plausible)

@@ -5,9 +5,9 @@ INSERT INTO staging.{table} BY NAME
     SELECT * EXCLUDE (copy_no, violations) FROM typed WHERE copy_no = 1 AND len(violations) = 0;
 
 INSERT INTO quarantine.rows
-    SELECT r.delivery_id, '{table}', r.source_file, r.source_record,
+    SELECT r.delivery_id, '{table}', r.source_file, r.source_record, r.source_line,
            split_part(t.violations[1], ':', 1), split_part(t.violations[1], ':', 2),
-           to_json(r)
+           to_json(r)::JSON
     FROM typed t JOIN raw.{table} r ON r.delivery_id = getvariable('delivery_id') AND r.source_record = t.source_record
     WHERE t.copy_no = 1 AND len(t.violations) > 0;
 

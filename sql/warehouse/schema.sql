@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS meta.deliveries (
     source_site      VARCHAR,
     extracted_at     TIMESTAMPTZ,
     data_cutoff      DATE,
-    status           VARCHAR NOT NULL,   -- loaded | rejected
+    status           VARCHAR NOT NULL,   -- loaded | rejected | held
     reason           VARCHAR,            -- why a delivery was rejected
     manifest_sha256  VARCHAR,
     files            JSON,               -- file name -> {rows, sha256} as in the manifest
@@ -20,7 +20,15 @@ CREATE TABLE IF NOT EXISTS meta.deliveries (
     validation_passed BOOLEAN            -- NULL until validated; false if a blocking expectation failed
 );
 COMMENT ON TABLE meta.deliveries IS 'One row per delivery folder seen in the landing zone: loaded or rejected (with the reason).';
-COMMENT ON COLUMN meta.deliveries.status IS 'loaded: in raw/staging/quarantine; rejected: nothing from it was loaded.';
+COMMENT ON COLUMN meta.deliveries.status IS 'loaded: in raw/staging/quarantine; rejected (breaks the contract) or held (possible direct identifiers): nothing from it was kept.';
+
+CREATE TABLE IF NOT EXISTS meta.delivery_events (
+    delivery_id VARCHAR, event VARCHAR, manifest_sha256 VARCHAR, detail VARCHAR, occurred_at TIMESTAMPTZ
+);
+COMMENT ON TABLE meta.delivery_events IS 'Audit trail of every ingest attempt: loaded, replaced (corrected re-delivery), unchanged, rejected, held.';
+
+CREATE TABLE IF NOT EXISTS meta.extra_columns (delivery_id VARCHAR, table_name VARCHAR, column_name VARCHAR);
+COMMENT ON TABLE meta.extra_columns IS 'Delivered columns outside the contract (kept in raw.*.extra_columns), reported per delivery.';
 COMMENT ON COLUMN meta.deliveries.validation_passed IS 'NULL: not validated yet; false: an error-severity expectation failed, so the cohort does not use it.';
 COMMENT ON COLUMN meta.deliveries.data_cutoff IS 'Date up to which the delivery is a full snapshot of its site.';
 
@@ -38,35 +46,38 @@ COMMENT ON COLUMN meta.ingest_counts.duplicate_rows IS 'Exact duplicate records 
 
 -- raw: as delivered, every value as text, plus where it came from.
 CREATE TABLE IF NOT EXISTS raw.patients (
-    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT,
+    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT, source_line BIGINT,
     patient_key VARCHAR, sex_at_birth VARCHAR, birth_year VARCHAR, age_90_plus VARCHAR, race VARCHAR,
     ethnicity VARCHAR, enrollment_start VARCHAR, enrollment_end VARCHAR, death_date VARCHAR,
     extra_columns JSON
 );
 CREATE TABLE IF NOT EXISTS raw.medications (
-    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT,
+    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT, source_line BIGINT,
     patient_key VARCHAR, drug_name VARCHAR, rxnorm_code VARCHAR, atc_code VARCHAR, start_date VARCHAR,
     days_supply VARCHAR, end_date VARCHAR, dose_mg VARCHAR, doses_per_week VARCHAR, route VARCHAR,
     extra_columns JSON
 );
 CREATE TABLE IF NOT EXISTS raw.labs (
-    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT,
+    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT, source_line BIGINT,
     patient_key VARCHAR, loinc_code VARCHAR, test_name VARCHAR, result VARCHAR, unit VARCHAR,
     collected_date VARCHAR, assay_method VARCHAR, loq VARCHAR,
     extra_columns JSON
 );
 CREATE TABLE IF NOT EXISTS raw.dxa (
-    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT,
+    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT, source_line BIGINT,
     patient_key VARCHAR, scan_date VARCHAR, skeletal_site VARCHAR, laterality VARCHAR, bmd_g_cm2 VARCHAR,
     t_score VARCHAR, z_score VARCHAR, manufacturer VARCHAR, scanner_model VARCHAR,
     extra_columns JSON
 );
 CREATE TABLE IF NOT EXISTS raw.diagnoses (
-    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT,
+    delivery_id VARCHAR, source_file VARCHAR, source_record BIGINT, source_line BIGINT,
     patient_key VARCHAR, icd10_code VARCHAR, diagnosis_date VARCHAR, encounter_type VARCHAR,
     extra_columns JSON
 );
-COMMENT ON TABLE raw.patients IS 'patients files as delivered (text), one row per record; source_record is the 1-based data record number in source_file.';
+COMMENT ON TABLE raw.patients IS 'patients files as delivered (text), one row per record.';
+COMMENT ON COLUMN raw.patients.source_record IS '1-based data record number in source_file (header excluded).';
+COMMENT ON COLUMN raw.patients.source_line IS 'Line of source_file where the record starts (header = line 1); NULL for Parquet.';
+COMMENT ON COLUMN raw.patients.extra_columns IS 'Delivered columns outside the contract, kept as a JSON object of text values.';
 COMMENT ON TABLE raw.medications IS 'medications files as delivered (text); source_record is the 1-based data record number.';
 COMMENT ON TABLE raw.labs IS 'labs files as delivered (text); source_record is the 1-based data record number.';
 COMMENT ON TABLE raw.dxa IS 'dxa files as delivered (text); source_record is the 1-based data record number.';
@@ -128,7 +139,7 @@ CREATE TABLE IF NOT EXISTS staging.fractures (
 COMMENT ON TABLE staging.fractures IS 'Incident fragility fractures: initial-encounter codes only, same-site codes within 90 days of a fracture merged, pathological excluded.';
 
 CREATE TABLE IF NOT EXISTS quarantine.rows (
-    delivery_id VARCHAR, table_name VARCHAR, source_file VARCHAR, source_record BIGINT,
+    delivery_id VARCHAR, table_name VARCHAR, source_file VARCHAR, source_record BIGINT, source_line BIGINT,
     rule VARCHAR, column_name VARCHAR, original_values JSON
 );
 COMMENT ON TABLE quarantine.rows IS 'Every delivered record that could not go to staging: the first rule it broke, the column, and the record as delivered.';
