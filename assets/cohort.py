@@ -1,4 +1,6 @@
-"""Cohort stage: the study cohort as it stood at each quarter's data cutoff, in SQL (sql/cohort/)."""
+"""Cohort stage: the study cohort and its analysis datasets as they stood at each quarter's data
+cutoff, built in SQL (sql/cohort/*.sql, one file per transformation) under the protocol in
+sql/cohort/protocol.toml."""
 
 import dagster as dg
 
@@ -11,39 +13,79 @@ from pipelines.resources import Warehouse
 ALL_DELIVERIES = dg.AllPartitionMapping()
 
 
-def _staging_dep(table: str) -> dg.AssetDep:
+def _staging(table: str) -> dg.AssetDep:
     return dg.AssetDep(["staging", table], partition_mapping=ALL_DELIVERIES)
 
 
-def _run_cohort_sql(context: dg.AssetExecutionContext, warehouse: Warehouse, name: str):
+def _build(context: dg.AssetExecutionContext, warehouse: Warehouse, sql_name: str, table: str) -> dg.MaterializeResult:
+    """Run one cohort SQL file for the partition's data cutoff and describe the table it filled."""
     cutoff = quarter_cutoff(context.partition_key)
     with warehouse.get_connection() as con:
         con.execute(sql_text("cohort/schema"))
-        run_sql(con, f"cohort/{name}", data_cutoff=cutoff, **load_protocol().sql_variables())
-    return cutoff
-
-
-@dg.asset(
-    key=["cohort", "ai_episodes"],
-    group_name="cohort",
-    kinds={"duckdb", "sql"},
-    owners=["team:epidemiology"],
-    partitions_def=quarter_partitions,
-    deps=[_staging_dep("medications")],
-    pool="duckdb",
-)
-def ai_episodes(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
-    """Aromatase-inhibitor treatment episodes (anastrozole, letrozole, exemestane): dispensings joined
-    across gaps up to the protocol's grace period. Table `cohort.ai_episodes`; SQL `sql/cohort/ai_episodes.sql`."""
-    cutoff = _run_cohort_sql(context, warehouse, "ai_episodes")
-    with warehouse.get_connection() as con:
+        run_sql(con, f"cohort/{sql_name}", data_cutoff=cutoff, **load_protocol().sql_variables())
         rows, patients = con.execute(
-            "SELECT count(*), count(DISTINCT (source_site, patient_key)) FROM cohort.ai_episodes WHERE data_cutoff = ?",
-            [cutoff],
+            f"SELECT count(*), count(DISTINCT (source_site, patient_key)) FROM {table} WHERE data_cutoff = ?", [cutoff]
         ).fetchone()
+        columns = con.execute(
+            "SELECT column_name, data_type, comment FROM duckdb_columns() WHERE schema_name || '.' || table_name = ?", [table]
+        ).fetchall()
     return dg.MaterializeResult(
-        metadata={"dagster/row_count": rows, "patients_with_episodes": suppress_count(patients), "data_cutoff": str(cutoff)}
+        metadata={
+            "dagster/row_count": rows,
+            "patients": suppress_count(patients),
+            "data_cutoff": str(cutoff),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(name, type_, description=comment) for name, type_, comment in columns]
+            ),
+        }
     )
+
+
+def cohort_table_asset(key: list[str], sql_name: str, deps: list, description: str) -> dg.AssetsDefinition:
+    table = ".".join(key)
+
+    @dg.asset(
+        key=key,
+        group_name="cohort",
+        kinds={"duckdb", "sql"},
+        owners=["team:epidemiology"],
+        partitions_def=quarter_partitions,
+        deps=deps,
+        pool="duckdb",
+        description=f"{description} Table `{table}`; SQL `sql/cohort/{sql_name}.sql`.",
+    )
+    def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        return _build(context, warehouse, sql_name, table)
+
+    return _asset
+
+
+ai_episodes = cohort_table_asset(
+    ["cohort", "ai_episodes"], "ai_episodes", [_staging("medications")],
+    "Aromatase-inhibitor treatment episodes (anastrozole, letrozole, exemestane): dispensings joined across gaps "
+    "up to the protocol's grace period, with drug and mean dose.",
+)
+estradiol_results = cohort_table_asset(
+    ["cohort", "estradiol_results"], "estradiol_results", [_staging("labs")],
+    "Estradiol tier (<10, 10-<20, 20-<40, >=40 pg/mL or unknown) per patient and collection day, censored "
+    "results placed in a tier only when the limit allows it; all assays and LC-MS/MS only.",
+)
+exposure_segments = cohort_table_asset(
+    ["cohort", "exposure_segments"], "exposure_segments",
+    [["cohort", "members"], ["cohort", "ai_episodes"], ["cohort", "estradiol_results"], _staging("medications")],
+    "Time-varying exposure of each member: calendar-day segments of constant current AI, estradiol tier and "
+    "glucocorticoid use, from baseline to the end of follow-up.",
+)
+fracture_intervals = cohort_table_asset(
+    ["analysis", "fracture_intervals"], "fracture_intervals", [["cohort", "exposure_segments"]],
+    "Counting-process rows (start, stop] in days since index for the time-varying fracture models, split at every "
+    "change of current AI, estradiol tier and glucocorticoid use, with the event (fracture, death or censored).",
+)
+bmd_long = cohort_table_asset(
+    ["analysis", "bmd_long"], "bmd_long", [["cohort", "exposure_segments"], _staging("dxa")],
+    "BMD analysis dataset: one row per member, skeletal site and standardized scan, with log sBMD, years since "
+    "baseline and the years spent on AI and in each estradiol tier, for the mixed-effects models.",
+)
 
 
 @dg.multi_asset(
@@ -54,11 +96,12 @@ def ai_episodes(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
             group_name="cohort",
             kinds={"duckdb", "sql"},
             owners=["team:epidemiology"],
-            deps=[["cohort", "ai_episodes"], *(_staging_dep(t) for t in ("patients", "medications", "labs", "dxa", "fractures"))],
+            deps=[["cohort", "ai_episodes"], ["cohort", "estradiol_results"],
+                  *(_staging(t) for t in ("patients", "medications", "labs", "dxa", "fractures"))],
             description="The study cohort: men who are new users of testosterone therapy, with index date, baseline "
-            "covariates (age, BMI, vitamin D, testosterone, estradiol, baseline sBMD per site, scanner) and follow-up "
-            "to fracture, death, bone-active drug, end of enrollment or data cutoff. Table `cohort.members`; "
-            "SQL `sql/cohort/members.sql`.",
+            "covariates (age, BMI, vitamin D, testosterone, estradiol and its tier, baseline sBMD per site, scanner) "
+            "and follow-up to fracture, death, bone-active drug, end of enrollment or data cutoff. Table "
+            "`cohort.members`; SQL `sql/cohort/members.sql`.",
         ),
         dg.AssetSpec(
             ["cohort", "attrition"],
@@ -76,14 +119,15 @@ def ai_episodes(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
 )
 def cohort_members(context: dg.AssetExecutionContext, warehouse: Warehouse):
     """Build the cohort and its attrition for the quarter's data cutoff."""
-    cutoff = _run_cohort_sql(context, warehouse, "members")
+    members = _build(context, warehouse, "members", "cohort.members")
+    cutoff = quarter_cutoff(context.partition_key)
     with warehouse.get_connection() as con:
         attrition = con.execute(
             "SELECT step, description, patients_remaining, patients_excluded FROM cohort.attrition "
             "WHERE data_cutoff = ? ORDER BY step_order", [cutoff]
         ).df()
-        members, in_bmd, ai_ever = con.execute(
-            "SELECT count(*), count(*) FILTER (in_bmd_analysis), count(*) FILTER (ai_ever) FROM cohort.members WHERE data_cutoff = ?",
+        in_bmd, ai_ever = con.execute(
+            "SELECT count(*) FILTER (in_bmd_analysis), count(*) FILTER (ai_ever) FROM cohort.members WHERE data_cutoff = ?",
             [cutoff],
         ).fetchone()
     shown = attrition.assign(
@@ -92,13 +136,7 @@ def cohort_members(context: dg.AssetExecutionContext, warehouse: Warehouse):
     )
     yield dg.MaterializeResult(
         asset_key=["cohort", "members"],
-        metadata={
-            "dagster/row_count": members,
-            "data_cutoff": str(cutoff),
-            "patients": suppress_count(members),
-            "in_bmd_analysis": suppress_count(in_bmd),
-            "ai_ever": suppress_count(ai_ever),
-        },
+        metadata={**members.metadata, "in_bmd_analysis": suppress_count(in_bmd), "ai_ever": suppress_count(ai_ever)},
     )
     yield dg.MaterializeResult(
         asset_key=["cohort", "attrition"],

@@ -56,6 +56,13 @@ WITH snapshot AS (
 ), ai AS (
     SELECT source_site, patient_key, episode_start, episode_end
     FROM cohort.ai_episodes WHERE data_cutoff = getvariable('data_cutoff')
+), e2_at_index AS (
+    -- the tier at index: the latest estradiol day in the lookback up to and including index
+    SELECT t.source_site, t.patient_key, arg_max(e.e2_tier, e.collected_date) AS e2_tier
+    FROM first_trt t JOIN cohort.estradiol_results e USING (source_site, patient_key)
+    WHERE e.data_cutoff = getvariable('data_cutoff') AND NOT e.lcms_only
+      AND e.collected_date BETWEEN t.index_date - getvariable('e2_lookback_days') AND t.index_date
+    GROUP BY ALL
 ), outcomes AS (
     SELECT t.source_site, t.patient_key,
            (SELECT min(f.fracture_date) FROM fractures f
@@ -85,6 +92,7 @@ SELECT
     any_value(bb.sbmd_lumbar_spine) AS sbmd_lumbar_spine,
     any_value(bb.sbmd_femoral_neck) AS sbmd_femoral_neck,
     any_value(bb.sbmd_total_hip) AS sbmd_total_hip,
+    coalesce(any_value(e2.e2_tier), 'unknown') AS e2_tier_at_index,
     any_value(o.fracture_date) AS fracture_date, p.death_date, any_value(o.bone_active_drug_date) AS bone_active_drug_date,
     p.enrollment_end,
     -- protocol steps
@@ -94,13 +102,15 @@ SELECT
     coalesce(CASE WHEN p.age_90_plus THEN 90 ELSE year(t.index_date) - p.birth_year END >= getvariable('min_age_at_index'), false) AS step_adult,
     NOT coalesce(any_value(o.prior_bone_drug), false) AS step_no_prior_bone_drug,
     NOT coalesce(any_value(o.prior_fracture), false) AS step_no_prior_fracture,
-    (p.death_date IS NULL OR p.death_date > t.index_date) AS step_follow_up,
+    coalesce(p.death_date, DATE '9999-12-31') > t.index_date AND p.enrollment_end > t.index_date
+        AND getvariable('data_cutoff') > t.index_date AS step_follow_up,
     any_value(bb.baseline_scan_date) IS NOT NULL AS step_baseline_scan
 FROM patients p
 LEFT JOIN first_trt t USING (source_site, patient_key)
 LEFT JOIN baseline_labs bl USING (source_site, patient_key)
 LEFT JOIN baseline_bmd bb USING (source_site, patient_key)
 LEFT JOIN outcomes o USING (source_site, patient_key)
+LEFT JOIN e2_at_index e2 USING (source_site, patient_key)
 GROUP BY p.source_site, p.patient_key, t.index_date, p.age_90_plus, p.birth_year, p.death_date, p.enrollment_end,
          p.enrollment_start, p.sex_at_birth;
 
@@ -129,7 +139,7 @@ WITH eligible AS (
 )
 SELECT getvariable('data_cutoff'), x.source_site, x.patient_key, x.index_date, x.age_at_index, x.bmi, x.vitamin_d_ng_ml,
        x.testosterone_ng_dl, x.estradiol_pg_ml, x.glucocorticoid_at_index, x.baseline_scan_date, x.scanner_manufacturer,
-       x.sbmd_lumbar_spine, x.sbmd_femoral_neck, x.sbmd_total_hip,
+       x.sbmd_lumbar_spine, x.sbmd_femoral_neck, x.sbmd_total_hip, x.e2_tier_at_index,
        x.step_baseline_scan AND (coalesce(f.later_scans, 0) > 0 OR NOT getvariable('require_follow_up_scan')) AS in_bmd_analysis,
        e.first_ai_date IS NOT NULL AS ai_ever, e.first_ai_date,
        x.fracture_date, x.death_date, x.bone_active_drug_date, x.enrollment_end, x.follow_up_end,
@@ -157,7 +167,7 @@ WITH counts AS (
     UNION ALL SELECT 7, 'no_prior_fracture', 'No fragility fracture in the lookback before index (index day included)',
         count(*) FILTER (step_sex AND step_testosterone AND step_new_user AND step_adult AND step_no_prior_bone_drug
                          AND step_no_prior_fracture) FROM candidates
-    UNION ALL SELECT 8, 'positive_follow_up', 'Alive after the index day: fracture analysis cohort',
+    UNION ALL SELECT 8, 'positive_follow_up', 'Alive and enrolled after the index day: fracture analysis cohort',
         count(*) FROM cohort.members WHERE data_cutoff = getvariable('data_cutoff')
     UNION ALL SELECT 9, 'baseline_dxa', 'Baseline DXA in the window around index',
         count(*) FILTER (baseline_scan_date IS NOT NULL) FROM cohort.members WHERE data_cutoff = getvariable('data_cutoff')
