@@ -19,6 +19,7 @@ DEFAULTS = {
     "COHORT_LANDING_DIR": "data/landing",
     "COHORT_DUCKDB_PATH": "data/warehouse.duckdb",
     "COHORT_REPORTS_DIR": "reports/out",
+    "COHORT_PUBLISHED_DIR": "data/published",
 }
 
 
@@ -32,6 +33,7 @@ class Settings:
     landing_dir: Path
     duckdb_path: Path
     reports_dir: Path
+    published_dir: Path = PROJECT_ROOT / DEFAULTS["COHORT_PUBLISHED_DIR"]
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -44,4 +46,5 @@ class Settings:
             landing_dir=get("COHORT_LANDING_DIR"),
             duckdb_path=get("COHORT_DUCKDB_PATH"),
             reports_dir=get("COHORT_REPORTS_DIR"),
+            published_dir=get("COHORT_PUBLISHED_DIR"),
         )

@@ -42,10 +42,11 @@ class Warehouse(DuckDBResource):
 
 
 class Locations(dg.ConfigurableResource):
-    """Where deliveries land and where reports go."""
+    """Where deliveries land, where reports go and where read-only copies are published."""
 
     landing_dir: str
     reports_dir: str
+    published_dir: str = ""
 
     @property
     def landing(self) -> Path:
@@ -55,10 +56,18 @@ class Locations(dg.ConfigurableResource):
     def reports(self) -> Path:
         return Path(self.reports_dir)
 
+    @property
+    def published(self) -> Path:
+        return Path(self.published_dir)
+
 
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings.from_env()
     return {
         "warehouse": Warehouse(database=str(settings.duckdb_path)),
-        "locations": Locations(landing_dir=str(settings.landing_dir), reports_dir=str(settings.reports_dir)),
+        "locations": Locations(
+            landing_dir=str(settings.landing_dir),
+            reports_dir=str(settings.reports_dir),
+            published_dir=str(settings.published_dir),
+        ),
     }

@@ -19,7 +19,8 @@ PARTNER_DELIVERY = FIXTURES / "partner_delivery" / "northside_2025q2"
 def workspace(tmp_path: Path) -> Settings:
     """An empty landing folder, warehouse path and reports folder under tmp_path."""
     settings = Settings(
-        landing_dir=tmp_path / "landing", duckdb_path=tmp_path / "warehouse.duckdb", reports_dir=tmp_path / "reports"
+        landing_dir=tmp_path / "landing", duckdb_path=tmp_path / "warehouse.duckdb", reports_dir=tmp_path / "reports",
+        published_dir=tmp_path / "published",
     )
     settings.landing_dir.mkdir()
     return settings
@@ -41,7 +42,8 @@ def partner_run(tmp_path_factory):
     from pipelines.headless import run_pipeline
 
     root = tmp_path_factory.mktemp("partner")
-    settings = Settings(landing_dir=root / "landing", duckdb_path=root / "warehouse.duckdb", reports_dir=root / "reports")
+    settings = Settings(landing_dir=root / "landing", duckdb_path=root / "warehouse.duckdb", reports_dir=root / "reports",
+                        published_dir=root / "published")
     settings.landing_dir.mkdir()
     land(settings, PARTNER_DELIVERY)
     instance = dg.DagsterInstance.ephemeral()

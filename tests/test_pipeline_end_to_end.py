@@ -4,6 +4,11 @@ import csv
 import gzip
 import json
 import re
+import subprocess
+import sys
+import textwrap
+
+import duckdb
 
 import pytest
 
@@ -98,3 +103,35 @@ def test_cli_run_reports_a_rejected_delivery(workspace, capsys, monkeypatch):
         ("rejected", "sha256 of dxa.csv does not match the manifest")
     ]
     assert query(workspace, "SELECT count(*) FROM staging.patients") == [(0,)]
+
+
+def test_published_copy_is_readable_while_the_warehouse_is_being_written(partner_run):
+    settings, _, _, _ = partner_run
+    current = settings.published_dir / "current.duckdb"
+    assert (settings.published_dir / "2025-Q2.duckdb").exists() and current.exists()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(settings.duckdb_path)!r})
+            con.execute("CREATE OR REPLACE TABLE meta.write_probe (n INTEGER)")
+            print("writing", flush=True)
+            for n in range(200):
+                con.execute("INSERT INTO meta.write_probe VALUES (?)", [n])
+                time.sleep(0.02)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        with pytest.raises(duckdb.IOException):  # the working file is locked by the writer...
+            duckdb.connect(str(settings.duckdb_path), read_only=True)
+        with duckdb.connect(str(current), read_only=True) as con:  # ...the published copy is not
+            assert con.execute("SELECT count(*) FROM cohort.members").fetchone() == (35,)
+            assert con.execute("SELECT label, data_cutoff::VARCHAR FROM meta.publication").fetchone() == ("2025-Q2", "2025-06-30")
+            assert con.execute("SELECT count(*) FROM staging.patients").fetchone() == (40,)
+            comment = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'members'").fetchone()[0]
+            assert comment.startswith("Study cohort")
+        assert writer.poll() is None, "the writer was still writing while we read"
+    finally:
+        writer.kill()
+        writer.wait()

@@ -161,3 +161,24 @@ CREATE TABLE IF NOT EXISTS meta.dq_results (
 COMMENT ON TABLE meta.dq_results IS 'Great Expectations results per delivery, table and expectation (Kahn category, severity), over all validation runs.';
 COMMENT ON COLUMN meta.dq_results.errored IS 'GX could not evaluate the expectation (reported apart from failed).';
 COMMENT ON COLUMN meta.dq_results.example_records IS 'A few source_record numbers of failing rows (row keys, never values).';
+
+-- Analyst views: the current snapshot of every site (its latest loaded, validated delivery).
+CREATE SCHEMA IF NOT EXISTS latest;
+CREATE OR REPLACE VIEW latest.patients AS
+    SELECT t.* FROM staging.patients t JOIN meta.deliveries_as_of(DATE '9999-12-31') USING (delivery_id);
+CREATE OR REPLACE VIEW latest.medications AS
+    SELECT t.* FROM staging.medications t JOIN meta.deliveries_as_of(DATE '9999-12-31') USING (delivery_id);
+CREATE OR REPLACE VIEW latest.labs AS
+    SELECT t.* FROM staging.labs t JOIN meta.deliveries_as_of(DATE '9999-12-31') USING (delivery_id);
+CREATE OR REPLACE VIEW latest.dxa AS
+    SELECT t.* FROM staging.dxa t JOIN meta.deliveries_as_of(DATE '9999-12-31') USING (delivery_id);
+CREATE OR REPLACE VIEW latest.diagnoses AS
+    SELECT t.* FROM staging.diagnoses t JOIN meta.deliveries_as_of(DATE '9999-12-31') USING (delivery_id);
+CREATE OR REPLACE VIEW latest.fractures AS
+    SELECT t.* FROM staging.fractures t JOIN meta.deliveries_as_of(DATE '9999-12-31') USING (delivery_id);
+COMMENT ON VIEW latest.patients IS 'staging.patients of each site''s current delivery (latest data_cutoff, then latest extraction).';
+COMMENT ON VIEW latest.medications IS 'staging.medications of each site''s current delivery.';
+COMMENT ON VIEW latest.labs IS 'staging.labs of each site''s current delivery.';
+COMMENT ON VIEW latest.dxa IS 'staging.dxa of each site''s current delivery.';
+COMMENT ON VIEW latest.diagnoses IS 'staging.diagnoses of each site''s current delivery.';
+COMMENT ON VIEW latest.fractures IS 'staging.fractures of each site''s current delivery.';
