@@ -32,7 +32,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         fmt=args.format, defects=args.defects, last_cutoff=date.fromisoformat(args.last_cutoff),
         progress=lambda line: print(line, flush=True),
     )
-    deliveries = ", ".join(d["delivery_id"] for d in truth.get("deliveries", []))
+    deliveries = ", ".join(sorted(truth["deliveries"]))
     print(f"wrote {deliveries} and truth.json to {args.out}")
     return 0
 

@@ -146,12 +146,12 @@ def test_estradiol_tier_ages_out_after_the_lookback_and_lcms_sensitivity(tmp_pat
     rows = con.execute(
         "SELECT start_day, stop_day, e2_tier, e2_tier_lcms, event FROM analysis.fracture_intervals ORDER BY start_day").fetchall()
     # Day d of follow-up is calendar day index + d: the immunoassay result (day 10) counts from day 10,
-    # the LC-MS/MS result (day 20) from day 20 and is valid through day 200 (180-day lookback).
+    # the LC-MS/MS result (day 20) from day 20 through day 199 (a 180-day lookback: days r .. r + 179).
     assert rows == [
         (0, 9, "unknown", "unknown", "censored"),
         (9, 19, "lt10", "unknown", "censored"),
-        (19, 200, "20_40", "20_40", "censored"),
-        (200, 400, "unknown", "unknown", "censored"),
+        (19, 199, "20_40", "20_40", "censored"),
+        (199, 400, "unknown", "unknown", "censored"),
     ]
 
 

@@ -1,7 +1,8 @@
 -- Time-varying exposure of every member, as calendar-day segments over which current AI, estradiol
 -- tier and glucocorticoid use are all constant: from the earlier of baseline scan and index to the
 -- end of follow-up. A segment starts wherever any of them may change (an AI episode or glucocorticoid
--- supply starting or ending, an estradiol result arriving or ageing out of the lookback).
+-- supply starting or ending, an estradiol result arriving or ageing out of the lookback: a result
+-- collected on day r counts on days r .. r + lookback - 1).
 DELETE FROM cohort.exposure_segments WHERE data_cutoff = getvariable('data_cutoff');
 
 INSERT INTO cohort.exposure_segments
@@ -28,7 +29,7 @@ WITH members AS (
     UNION SELECT source_site, patient_key, start_date FROM glucocorticoids
     UNION SELECT source_site, patient_key, end_date + 1 FROM glucocorticoids
     UNION SELECT source_site, patient_key, collected_date FROM estradiol
-    UNION SELECT source_site, patient_key, collected_date + getvariable('e2_lookback_days') + 1 FROM estradiol
+    UNION SELECT source_site, patient_key, collected_date + getvariable('e2_lookback_days') FROM estradiol
 ), boundaries AS (
     SELECT c.source_site, c.patient_key, c.day AS segment_start,
            lead(c.day) OVER (PARTITION BY c.source_site, c.patient_key ORDER BY c.day) - 1 AS segment_end
@@ -49,7 +50,7 @@ WITH members AS (
                                AND w.segment_start BETWEEN g.start_date AND g.end_date
     GROUP BY ALL
 ), with_e2 AS (
-    SELECT w.*, CASE WHEN w.segment_start - e.collected_date <= getvariable('e2_lookback_days') THEN e.e2_tier END AS e2_tier
+    SELECT w.*, CASE WHEN w.segment_start - e.collected_date < getvariable('e2_lookback_days') THEN e.e2_tier END AS e2_tier
     FROM with_gc w
     ASOF LEFT JOIN (SELECT * FROM estradiol WHERE NOT lcms_only) e
         ON e.source_site = w.source_site AND e.patient_key = w.patient_key AND w.segment_start >= e.collected_date
@@ -57,7 +58,7 @@ WITH members AS (
 SELECT getvariable('data_cutoff'), w.source_site, w.patient_key, w.segment_start, w.segment_end,
        w.ai_drug IS NOT NULL, w.ai_drug, w.ai_dose_mg,
        coalesce(w.e2_tier, 'unknown'),
-       coalesce(CASE WHEN w.segment_start - e.collected_date <= getvariable('e2_lookback_days') THEN e.e2_tier END, 'unknown'),
+       coalesce(CASE WHEN w.segment_start - e.collected_date < getvariable('e2_lookback_days') THEN e.e2_tier END, 'unknown'),
        w.glucocorticoid_current
 FROM with_e2 w
 ASOF LEFT JOIN (SELECT * FROM estradiol WHERE lcms_only) e

@@ -61,7 +61,7 @@ WITH snapshot AS (
     SELECT t.source_site, t.patient_key, arg_max(e.e2_tier, e.collected_date) AS e2_tier
     FROM first_trt t JOIN cohort.estradiol_results e USING (source_site, patient_key)
     WHERE e.data_cutoff = getvariable('data_cutoff') AND NOT e.lcms_only
-      AND e.collected_date BETWEEN t.index_date - getvariable('e2_lookback_days') AND t.index_date
+      AND e.collected_date BETWEEN t.index_date - getvariable('e2_lookback_days') + 1 AND t.index_date
     GROUP BY ALL
 ), outcomes AS (
     SELECT t.source_site, t.patient_key,
