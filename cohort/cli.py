@@ -62,6 +62,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args)
 
 
+def cmd_dictionary(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from cohort.dictionary import render
+
+    with duckdb.connect(args.duckdb, read_only=True) as con:
+        text = render(con)
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from pipelines.headless import dagster_home
 
@@ -94,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--duckdb", help="warehouse file (default: $COHORT_DUCKDB_PATH or data/warehouse.duckdb)")
         sub.add_argument("--reports", help="reports folder (default: $COHORT_REPORTS_DIR or reports/out)")
         sub.set_defaults(handler=handler)
+
+    dictionary = commands.add_parser("dictionary", help="write the data dictionary (markdown) of a warehouse file")
+    dictionary.add_argument("--duckdb", required=True, help="a warehouse built by the pipeline")
+    dictionary.add_argument("--out", default=str(PROJECT_ROOT / "docs" / "data_dictionary.md"))
+    dictionary.set_defaults(handler=cmd_dictionary)
 
     ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
