@@ -4,6 +4,7 @@ sql/cohort/protocol.toml."""
 
 import dagster as dg
 
+from cohort.dictionary import apply_column_docs
 from cohort.display import markdown_table, suppress_count
 from cohort.protocol import load_protocol
 from cohort.sql import run_sql, sql_text
@@ -23,6 +24,7 @@ def _build(context: dg.AssetExecutionContext, warehouse: Warehouse, sql_name: st
     with warehouse.get_connection() as con:
         con.execute(sql_text("cohort/schema"))
         run_sql(con, f"cohort/{sql_name}", data_cutoff=cutoff, **load_protocol().sql_variables())
+        apply_column_docs(con)
         rows, patients = con.execute(
             f"SELECT count(*), count(DISTINCT (source_site, patient_key)) FROM {table} WHERE data_cutoff = ?", [cutoff]
         ).fetchone()

@@ -3,7 +3,13 @@ rendered as markdown (docs/data_dictionary.md is generated from a full pipeline 
 
 from __future__ import annotations
 
+import csv
+
 import duckdb
+
+from cohort.settings import SQL_DIR
+
+COLUMN_DOCS = SQL_DIR / "warehouse" / "column_docs.csv"
 
 SCHEMA_ORDER = ("meta", "reference", "raw", "staging", "quarantine", "latest", "cohort", "analysis", "results")
 SCHEMA_MEANING = {
@@ -17,6 +23,42 @@ SCHEMA_MEANING = {
     "analysis": "Analysis datasets per data cutoff: fracture intervals and BMD long data.",
     "results": "Model results per data cutoff, as used by the quarterly report.",
 }
+
+
+def _column_docs(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str], str]:
+    """column_docs.csv, plus the COMMENT ON texts already in the warehouse (from the DDL)."""
+    with COLUMN_DOCS.open(newline="") as handle:
+        docs = {(r["schema"], r["table"], r["column"]): r["description"] for r in csv.DictReader(handle)}
+    commented = con.execute(
+        "SELECT schema_name, table_name, column_name, comment FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND comment IS NOT NULL"
+    ).fetchall()
+    return {**docs, **{(s, t, c): text for s, t, c, text in commented}}
+
+
+def describe_column(docs: dict[tuple[str, str, str], str], schema: str, table: str, column: str) -> str | None:
+    """A column's description: the most specific row of column_docs.csv (`*` matches any schema or
+    table); a raw column is described as the delivered text of its staging namesake."""
+    for key in ((schema, table, column), (schema, "*", column), ("*", "*", column)):
+        if key in docs:
+            return docs[key]
+    if schema == "raw":
+        typed = describe_column(docs, "staging", table, column)
+        return f"As delivered (text). {typed}" if typed else None
+    return None
+
+
+def apply_column_docs(con: duckdb.DuckDBPyConnection) -> None:
+    """COMMENT ON every undocumented column that column_docs.csv describes."""
+    docs = _column_docs(con)
+    undocumented = con.execute(
+        "SELECT c.schema_name, c.table_name, c.column_name FROM duckdb_columns() c "
+        "JOIN duckdb_tables() t USING (database_name, schema_name, table_name) "
+        "WHERE c.database_name = current_database() AND c.comment IS NULL AND NOT t.temporary"
+    ).fetchall()
+    for schema, table, column in undocumented:
+        if text := describe_column(docs, schema, table, column):
+            con.execute(f'COMMENT ON COLUMN "{schema}"."{table}"."{column}" IS ' + "'" + text.replace("'", "''") + "'")
 
 
 def _cell(text: str | None) -> str:
@@ -48,5 +90,8 @@ def render(con: duckdb.DuckDBPyConnection) -> str:
         ).fetchall()
         lines += ["", f"### `{schema}.{name}` ({kind})", "", _cell(comment) or "_(no description)_", "",
                   "| column | type | description |", "|---|---|---|"]
+        if kind == "view":  # views show the description of the staging column they pass through
+            docs = _column_docs(con)
+            columns = [(c, t, d or describe_column(docs, "staging", name, c)) for c, t, d in columns]
         lines += [f"| `{c}` | {t} | {_cell(d)} |" for c, t, d in columns]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from cohort import privacy
+from cohort.dictionary import apply_column_docs
 from cohort.contract import REQUIRED_COLUMNS, TABLE_COLUMNS, TABLES, DeliveryFile, DeliveryRejected, Manifest, read_manifest
 from cohort.settings import SQL_DIR
 from cohort.sql import run_sql, set_variables, sql_text
@@ -51,6 +52,7 @@ def prepare_warehouse(con: duckdb.DuckDBPyConnection) -> None:
     """Create the warehouse schemas and (re)load the reference code lists."""
     con.execute(sql_text("warehouse/schema"))
     run_sql(con, "warehouse/reference", reference_dir=SQL_DIR / "reference")
+    apply_column_docs(con)
 
 
 def _quote(identifier: str) -> str:

@@ -20,6 +20,8 @@ CREATE OR REPLACE TABLE reference.sbmd_equations AS
     FROM read_csv(getvariable('reference_dir') || '/sbmd_equations.csv', header = true, all_varchar = true);
 COMMENT ON TABLE reference.drug_codes IS 'Drugs of interest by ATC (prefix) or RxNorm code; from sql/reference/drug_codes.csv.';
 COMMENT ON TABLE reference.drug_names IS 'Name patterns (regex on upper-case drug_name) used when no code matches.';
+COMMENT ON TABLE reference.lab_codes IS 'Analyte by LOINC code; from sql/reference/lab_codes.csv.';
+COMMENT ON TABLE reference.lab_names IS 'Analyte by test-name pattern (regex on the upper-cased name) when the LOINC code is missing or unknown.';
 COMMENT ON TABLE reference.lab_units IS 'Unit conversion to canonical units and plausible range per analyte (canonical unit).';
 COMMENT ON TABLE reference.fracture_codes IS 'ICD-10-CM prefixes (no dot) of fragility fractures; the longest matching prefix gives the site.';
 COMMENT ON TABLE reference.sbmd_equations IS 'sBMD = slope * (bmd - bmd_offset) + intercept (Hui 1997, Lu 2001).';
