@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import re
 import zlib
@@ -77,11 +76,6 @@ def _duckdb_reason(error: Exception) -> str:
     return f"line {line.group(1)}: {reason}" if line else reason
 
 
-def _open_text(file: DeliveryFile) -> io.TextIOBase:
-    raw = gzip.open(file.path, "rb") if file.format == ".csv.gz" else file.path.open("rb")
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-
-
 def _csv_header(delivery_id: str, file: DeliveryFile) -> list[str]:
     """The header record, read on its own so that a bad byte further down is reported by DuckDB
     with its line number rather than here."""
@@ -102,24 +96,16 @@ def _csv_header(delivery_id: str, file: DeliveryFile) -> list[str]:
     return header
 
 
-def _embedded_newlines(file: DeliveryFile, records: int) -> bool:
-    """Whether some quoted field holds a line break, so record n does not start on line n + 1."""
+def _embedded_newlines(delivery_id: str, file: DeliveryFile) -> bool:
+    """Whether some quoted field holds a line break, so record n may not start on line n + 1
+    (counting bytes is far cheaper than tracking lines in a CSV parser)."""
     opener = gzip.open if file.format == ".csv.gz" else open
-    with opener(file.path, "rb") as handle:
-        newlines = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 22), b""))
-    return newlines > records + 1
-
-
-def _record_lines(file: DeliveryFile) -> list[tuple[int, int]]:
-    """(record, first line) for every record, for the rare file whose quoted fields hold newlines."""
-    with _open_text(file) as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        pairs, line = [], reader.line_num
-        for record, _ in enumerate(reader, start=1):
-            pairs.append((record, line + 1))
-            line = reader.line_num
-    return pairs
+    try:
+        with opener(file.path, "rb") as handle:
+            newlines = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 22), b""))
+    except (EOFError, zlib.error, OSError):
+        raise DeliveryRejected(delivery_id, f"{file.path.name} could not be read: the gzip stream is corrupt or ends early", file.path.name)
+    return newlines > file.expected_rows + 1
 
 
 def _reader(file: DeliveryFile, header: list[str]) -> str:
@@ -158,12 +144,23 @@ def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: Deli
         "json_object(" + ", ".join(f"{_literal(e)}, CAST({_quote(e)} AS VARCHAR)" for e in extras) + ")"
         if extras else "NULL::JSON"
     )
-    record = "file_row_number + 1" if file.format == ".parquet" else "row_number() OVER ()"
     select = ", ".join(text(c) for c in TABLE_COLUMNS[table])
+    source = _reader(file, header)
+    if file.format == ".parquet":
+        record, line = "file_row_number + 1", "NULL"
+    elif not _embedded_newlines(delivery_id, file):
+        record, line = "row_number() OVER ()", "row_number() OVER () + 1"
+    else:
+        # Record n starts on line 1 + n + the line breaks inside quoted fields of records 1..n-1.
+        breaks = " + ".join(f"coalesce(length({_quote(h)}) - length(replace({_quote(h)}, chr(10), '')), 0)" for h in header)
+        header_lines = 1 + sum(h.count("\n") for h in header)
+        record = "record"
+        line = f"{header_lines} + record + coalesce(sum(breaks) OVER (ORDER BY record ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"
+        source = f"(SELECT row_number() OVER () AS record, {breaks} AS breaks, * FROM {source})"
     try:
         con.execute(
-            f"INSERT INTO raw.{table} SELECT $delivery, $file, {record}, NULL, {select}, {extra_json} "
-            f"FROM {_reader(file, header)}",
+            f"INSERT INTO raw.{table} SELECT $delivery, $file, {record}, {line}, {select}, {extra_json} "
+            f"FROM {source}",
             {"delivery": delivery_id, "file": name, "path": str(file.path)},
         )
     except duckdb.Error as error:
@@ -172,23 +169,7 @@ def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: Deli
     loaded = con.execute(f"SELECT count(*) FROM raw.{table} WHERE delivery_id = ?", [delivery_id]).fetchone()[0]
     if loaded != file.expected_rows:
         raise DeliveryRejected(delivery_id, f"{name} holds {loaded} records but the manifest says {file.expected_rows}", name)
-    _set_source_lines(con, delivery_id, file, loaded)
     return extras
-
-
-def _set_source_lines(con: duckdb.DuckDBPyConnection, delivery_id: str, file: DeliveryFile, records: int) -> None:
-    if file.format == ".parquet":
-        return  # no lines in Parquet: source_record (the row number) locates the row
-    if not _embedded_newlines(file, records):
-        con.execute(f"UPDATE raw.{file.table} SET source_line = source_record + 1 WHERE delivery_id = ?", [delivery_id])
-        return
-    lines = _record_lines(file)  # noqa: F841 - read by DuckDB below
-    con.execute("CREATE OR REPLACE TEMP TABLE record_lines (source_record BIGINT, source_line BIGINT)")
-    con.executemany("INSERT INTO record_lines VALUES (?, ?)", lines)
-    con.execute(
-        f"UPDATE raw.{file.table} r SET source_line = l.source_line FROM record_lines l "
-        "WHERE r.delivery_id = ? AND r.source_record = l.source_record", [delivery_id]
-    )
 
 
 def _record_delivery(con: duckdb.DuckDBPyConnection, manifest: Manifest | None, delivery_id: str, status: str, reason: str | None) -> None:

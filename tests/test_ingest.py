@@ -242,7 +242,7 @@ def test_truncated_gzip_stream_is_rejected(con, tmp_path):
     data = gzip.compress(body)
     data = data[: len(data) // 2]  # the header decompresses; the stream then ends early
     folder = write_delivery(tmp_path, files={"labs.csv.gz": data}, rows={"labs.csv.gz": 5000})
-    with pytest.raises(DeliveryRejected, match="labs.csv.gz could not be read: .*GZIP stream: labs.csv.gz$") as raised:
+    with pytest.raises(DeliveryRejected, match="labs.csv.gz could not be read: the gzip stream is corrupt or ends early") as raised:
         ingest_delivery(con, folder)
     assert str(tmp_path) not in str(raised.value)
 
