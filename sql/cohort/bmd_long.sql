@@ -1,6 +1,6 @@
 -- One row per member in the BMD analysis, skeletal site and standardized scan from the baseline
 -- scan to the end of follow-up, with the time since baseline spent on AI and in each estradiol tier
--- (days baseline_scan + 1 .. scan_date), in years.
+-- (days baseline_scan .. scan_date - 1), in years.
 DELETE FROM analysis.bmd_long WHERE data_cutoff = getvariable('data_cutoff');
 
 INSERT INTO analysis.bmd_long BY NAME
@@ -17,12 +17,12 @@ WITH members AS (
     GROUP BY ALL
 ), exposure AS (
     SELECT c.source_site, c.patient_key, c.skeletal_site, c.scan_date,
-           greatest(0, least(s.segment_end, c.scan_date) - greatest(s.segment_start, c.baseline_scan_date + 1) + 1) / 365.25 AS years,
+           greatest(0, least(s.segment_end, c.scan_date - 1) - greatest(s.segment_start, c.baseline_scan_date) + 1) / 365.25 AS years,
            s.ai_current, s.e2_tier, s.e2_tier_lcms
     FROM scans c
     JOIN cohort.exposure_segments s
       ON s.data_cutoff = getvariable('data_cutoff') AND s.source_site = c.source_site AND s.patient_key = c.patient_key
-     AND s.segment_end > c.baseline_scan_date AND s.segment_start <= c.scan_date
+     AND s.segment_end >= c.baseline_scan_date AND s.segment_start < c.scan_date
 )
 SELECT getvariable('data_cutoff') AS data_cutoff, c.source_site, c.patient_key, c.skeletal_site, c.scan_date, c.manufacturer,
        (c.scan_date - c.baseline_scan_date) / 365.25 AS years_since_baseline,

@@ -1,10 +1,11 @@
 -- raw.diagnoses -> typed diagnoses, ICD-10-CM codes normalized to upper case without the dot.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    SELECT *,
-        row_number() OVER (PARTITION BY patient_key, icd10_code, diagnosis_date, encounter_type
-                           ORDER BY source_record) AS copy_no
+    -- one row per distinct record: exact duplicates are counted (copies), not kept
+    SELECT patient_key, icd10_code, diagnosis_date, encounter_type,
+           min(source_record) AS source_record, count(*) AS copies
     FROM raw.diagnoses WHERE delivery_id = getvariable('delivery_id')
+    GROUP BY ALL
 ), parsed AS (
     SELECT s.*,
         upper(replace(replace(trim(s.icd10_code), '.', ''), ' ', '')) AS code_norm,
@@ -15,7 +16,7 @@ WITH src AS (
         USING (patient_key)
 )
 SELECT
-    source_record, copy_no,
+    source_record, copies,
     getvariable('delivery_id') AS delivery_id, getvariable('source_site') AS source_site,
     patient_key, code_norm AS icd10_code, diagnosis_d AS diagnosis_date, lower(trim(encounter_type)) AS encounter_type,
     list_filter([

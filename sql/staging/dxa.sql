@@ -1,10 +1,11 @@
 -- raw.dxa -> typed scans with standardized BMD (sBMD); the raw manufacturer-scale value is kept.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    SELECT *,
-        row_number() OVER (PARTITION BY patient_key, scan_date, skeletal_site, laterality, bmd_g_cm2, t_score,
-                           z_score, manufacturer, scanner_model ORDER BY source_record) AS copy_no
+    -- one row per distinct record: exact duplicates are counted (copies), not kept
+    SELECT patient_key, scan_date, skeletal_site, laterality, bmd_g_cm2, t_score, z_score, manufacturer, scanner_model,
+           min(source_record) AS source_record, count(*) AS copies
     FROM raw.dxa WHERE delivery_id = getvariable('delivery_id')
+    GROUP BY ALL
 ), parsed AS (
     SELECT s.*,
         TRY_CAST(s.scan_date AS DATE) AS scan_d,
@@ -21,7 +22,7 @@ WITH src AS (
         USING (patient_key)
 )
 SELECT
-    source_record, copy_no,
+    source_record, copies,
     getvariable('delivery_id') AS delivery_id, getvariable('source_site') AS source_site,
     patient_key, scan_d AS scan_date, site_norm AS skeletal_site, lower(trim(laterality)) AS laterality,
     bmd_f AS bmd_g_cm2,

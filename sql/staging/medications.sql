@@ -1,10 +1,11 @@
 -- raw.medications -> typed, ingredient-mapped rows with the rules each record breaks.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    SELECT *,
-        row_number() OVER (PARTITION BY patient_key, drug_name, rxnorm_code, atc_code, start_date, days_supply,
-                           end_date, dose_mg, doses_per_week, route ORDER BY source_record) AS copy_no
+    -- one row per distinct record: exact duplicates are counted (copies), not kept
+    SELECT patient_key, drug_name, rxnorm_code, atc_code, start_date, days_supply, end_date, dose_mg, doses_per_week, route,
+           min(source_record) AS source_record, count(*) AS copies
     FROM raw.medications WHERE delivery_id = getvariable('delivery_id')
+    GROUP BY ALL
 ), parsed AS (
     SELECT s.*,
         TRY_CAST(s.start_date AS DATE) AS start_d,
@@ -12,32 +13,38 @@ WITH src AS (
         TRY_CAST(s.days_supply AS INTEGER) AS days_supply_i,
         TRY_CAST(s.dose_mg AS DOUBLE) AS dose_f,
         TRY_CAST(s.doses_per_week AS DOUBLE) AS doses_per_week_f,
-        upper(replace(trim(s.atc_code), ' ', '')) AS atc_norm,
         p.patient_key IS NOT NULL AS known_patient
     FROM src s
     LEFT JOIN (SELECT DISTINCT patient_key FROM staging.patients WHERE delivery_id = getvariable('delivery_id')) p
         USING (patient_key)
-), mapped AS (
-    SELECT parsed.*,
+), drugs AS (
+    -- map each distinct (atc, rxnorm, name) once: by ATC (longest prefix), then RxNorm, then name
+    SELECT d.atc_code, d.rxnorm_code, d.drug_name,
         coalesce(by_atc.ingredient, by_rxnorm.ingredient, by_name.ingredient) AS ingredient,
         coalesce(by_atc.drug_class, by_rxnorm.drug_class, by_name.drug_class) AS drug_class,
         CASE WHEN by_atc.ingredient IS NOT NULL THEN 'atc' WHEN by_rxnorm.ingredient IS NOT NULL THEN 'rxnorm'
              WHEN by_name.ingredient IS NOT NULL THEN 'name' END AS mapped_by
-    FROM parsed
+    FROM (SELECT DISTINCT atc_code, rxnorm_code, drug_name FROM src) d
     LEFT JOIN LATERAL (
         SELECT ingredient, drug_class FROM reference.drug_codes
-        WHERE code_system = 'atc' AND starts_with(parsed.atc_norm, code_prefix)
+        WHERE code_system = 'atc' AND starts_with(upper(replace(trim(d.atc_code), ' ', '')), code_prefix)
         ORDER BY length(code_prefix) DESC LIMIT 1
     ) by_atc ON true
     LEFT JOIN reference.drug_codes by_rxnorm
-        ON by_rxnorm.code_system = 'rxnorm' AND by_rxnorm.code_prefix = trim(parsed.rxnorm_code)
+        ON by_rxnorm.code_system = 'rxnorm' AND by_rxnorm.code_prefix = trim(d.rxnorm_code)
     LEFT JOIN LATERAL (
         SELECT ingredient, drug_class FROM reference.drug_names
-        WHERE regexp_matches(upper(parsed.drug_name), name_pattern) LIMIT 1
+        WHERE regexp_matches(upper(d.drug_name), name_pattern) LIMIT 1
     ) by_name ON true
+), mapped AS (
+    SELECT parsed.*, drugs.ingredient, drugs.drug_class, drugs.mapped_by
+    FROM parsed
+    LEFT JOIN drugs
+      ON drugs.atc_code IS NOT DISTINCT FROM parsed.atc_code AND drugs.rxnorm_code IS NOT DISTINCT FROM parsed.rxnorm_code
+     AND drugs.drug_name IS NOT DISTINCT FROM parsed.drug_name
 )
 SELECT
-    source_record, copy_no,
+    source_record, copies,
     getvariable('delivery_id') AS delivery_id, getvariable('source_site') AS source_site,
     patient_key, drug_name, rxnorm_code, atc_code, ingredient, drug_class, mapped_by,
     start_d AS start_date, days_supply_i AS days_supply,

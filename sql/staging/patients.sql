@@ -1,23 +1,23 @@
 -- raw.patients -> typed rows with the rules each record breaks ("rule:column"), in priority order.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    SELECT *,
-        row_number() OVER (PARTITION BY patient_key, sex_at_birth, birth_year, age_90_plus, race, ethnicity,
-                           enrollment_start, enrollment_end, death_date ORDER BY source_record) AS copy_no
+    -- one row per distinct record: exact duplicates are counted (copies), not kept
+    SELECT patient_key, sex_at_birth, birth_year, age_90_plus, race, ethnicity, enrollment_start, enrollment_end, death_date,
+           min(source_record) AS source_record, count(*) AS copies
     FROM raw.patients WHERE delivery_id = getvariable('delivery_id')
+    GROUP BY ALL
 ), parsed AS (
-    SELECT source_record, copy_no, patient_key, sex_at_birth, race, ethnicity,
+    SELECT source_record, copies, patient_key, sex_at_birth, race, ethnicity,
         TRY_CAST(birth_year AS INTEGER) AS birth_year_int, birth_year AS birth_year_txt,
         coalesce(TRY_CAST(age_90_plus AS BOOLEAN), false) AS age_90_plus_bool, age_90_plus AS age_90_plus_txt,
         TRY_CAST(enrollment_start AS DATE) AS enrollment_start_d, enrollment_start AS enrollment_start_txt,
         TRY_CAST(enrollment_end AS DATE) AS enrollment_end_d, enrollment_end AS enrollment_end_txt,
         TRY_CAST(death_date AS DATE) AS death_date_d, death_date AS death_date_txt,
-        count(DISTINCT (sex_at_birth, birth_year, age_90_plus, race, ethnicity, enrollment_start, enrollment_end, death_date))
-            OVER (PARTITION BY patient_key) AS versions
+        count(*) OVER (PARTITION BY patient_key) AS versions
     FROM src
 )
 SELECT
-    source_record, copy_no,
+    source_record, copies,
     getvariable('delivery_id') AS delivery_id, getvariable('source_site') AS source_site,
     patient_key, sex_at_birth, birth_year_int AS birth_year, age_90_plus_bool AS age_90_plus, race, ethnicity,
     enrollment_start_d AS enrollment_start, enrollment_end_d AS enrollment_end, death_date_d AS death_date,

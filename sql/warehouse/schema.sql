@@ -156,7 +156,9 @@ CREATE TABLE IF NOT EXISTS meta.dq_results (
     run_id VARCHAR, delivery_id VARCHAR, table_name VARCHAR, expectation VARCHAR, column_name VARCHAR,
     category VARCHAR, severity VARCHAR, passed BOOLEAN, errored BOOLEAN, observed_value VARCHAR,
     unexpected_count BIGINT, unexpected_percent DOUBLE, example_records VARCHAR, error VARCHAR,
-    validated_at TIMESTAMPTZ
+    validated_at TIMESTAMPTZ,
+    suite VARCHAR, expectation_name VARCHAR, threshold DOUBLE, dqd_check VARCHAR, element_count BIGINT,
+    data_cutoff DATE
 );
 COMMENT ON TABLE meta.dq_results IS 'Great Expectations results per delivery, table and expectation (Kahn category, severity), over all validation runs.';
 COMMENT ON COLUMN meta.dq_results.errored IS 'GX could not evaluate the expectation (reported apart from failed).';
