@@ -49,24 +49,26 @@ def _literal(text: str) -> str:
 
 
 def scan(con: duckdb.DuckDBPyConnection, delivery_id: str, table: str, file: str, extra_columns: list[str]) -> list[Finding]:
-    """Findings in one raw table of a delivery. One pass over the rows with one combined pattern
-    per column; the per-kind breakdown is computed only for columns that matched at all."""
+    """Findings in one raw table of a delivery. The combined pattern runs once per distinct value of
+    each column (most columns hold few distinct values); rows are counted per kind only for a column
+    that matched at all."""
     patterns = identifier_patterns()
-    combined = "|".join(f"(?:{p.removeprefix('(?i)')})" if not p.startswith("(?i)") else f"(?i:{p[4:]})" for p in patterns.values())
+    combined = "|".join(f"(?i:{p[4:]})" if p.startswith("(?i)") else f"(?:{p})" for p in patterns.values())
     columns = {c: f'"{c}"' for c in TABLE_COLUMNS[table]}
     columns.update({e: f"json_extract_string(extra_columns, {_literal('$.' + chr(34) + e + chr(34))})" for e in extra_columns})
-    hits = ", ".join(f"count(*) FILTER (regexp_matches({expr}, {_literal(combined)}))" for expr in columns.values())
-    present = ", ".join(f"count({expr})" for expr in columns.values())
-    counts = con.execute(
-        f"SELECT {hits}, {present} FROM raw.{table} WHERE delivery_id = ?", [delivery_id]
-    ).fetchone()
-    n = len(columns)
+    source = f"raw.{table} WHERE delivery_id = $delivery"
+    probes = " UNION ALL ".join(
+        f"SELECT {_literal(name)} AS name, count(*) FILTER (regexp_matches(v, {_literal(combined)})) AS matched, "
+        f"count(v) AS present FROM (SELECT DISTINCT {expr} AS v FROM {source})"
+        for name, expr in columns.items()
+    )
     findings = []
-    for (name, expr), matched, non_null in zip(columns.items(), counts[:n], counts[n:]):
-        if name in extra_columns and identifier_like(name) and non_null:
-            findings.append(Finding(file, name, "identifier_column", non_null))
+    for name, matched, present in con.execute(probes, {"delivery": delivery_id}).fetchall():
+        if name in extra_columns and identifier_like(name) and present:
+            rows = con.execute(f"SELECT count({columns[name]}) FROM {source}", {"delivery": delivery_id}).fetchone()[0]
+            findings.append(Finding(file, name, "identifier_column", rows))
         if matched:
-            kinds = ", ".join(f"count(*) FILTER (regexp_matches({expr}, {_literal(p)}))" for p in patterns.values())
-            by_kind = con.execute(f"SELECT {kinds} FROM raw.{table} WHERE delivery_id = ?", [delivery_id]).fetchone()
+            kinds = ", ".join(f"count(*) FILTER (regexp_matches({columns[name]}, {_literal(p)}))" for p in patterns.values())
+            by_kind = con.execute(f"SELECT {kinds} FROM {source}", {"delivery": delivery_id}).fetchone()
             findings += [Finding(file, name, kind, rows) for kind, rows in zip(patterns, by_kind) if rows]
     return findings
