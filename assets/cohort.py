@@ -6,10 +6,9 @@ import dagster as dg
 
 from cohort.dictionary import apply_column_docs
 from cohort.display import markdown_table, suppress_count
-from cohort.protocol import load_protocol
 from cohort.sql import run_sql, sql_text
 from pipelines.partitions import quarter_cutoff, quarter_partitions
-from pipelines.resources import Warehouse
+from pipelines.resources import StudyProtocol, Warehouse
 
 ALL_DELIVERIES = dg.AllPartitionMapping()
 
@@ -18,12 +17,15 @@ def _staging(table: str) -> dg.AssetDep:
     return dg.AssetDep(["staging", table], partition_mapping=ALL_DELIVERIES)
 
 
-def _build(context: dg.AssetExecutionContext, warehouse: Warehouse, sql_name: str, table: str) -> dg.MaterializeResult:
+def _build(
+    context: dg.AssetExecutionContext, warehouse: Warehouse, protocol: StudyProtocol, sql_name: str, table: str
+) -> dg.MaterializeResult:
     """Run one cohort SQL file for the partition's data cutoff and describe the table it filled."""
     cutoff = quarter_cutoff(context.partition_key)
+    variables = protocol.load().sql_variables()
     with warehouse.get_connection() as con:
         con.execute(sql_text("cohort/schema"))
-        run_sql(con, f"cohort/{sql_name}", data_cutoff=cutoff, **load_protocol().sql_variables())
+        run_sql(con, f"cohort/{sql_name}", data_cutoff=cutoff, **variables)
         apply_column_docs(con)
         rows, patients = con.execute(
             f"SELECT count(*), count(DISTINCT (source_site, patient_key)) FROM {table} WHERE data_cutoff = ?", [cutoff]
@@ -56,8 +58,8 @@ def cohort_table_asset(key: list[str], sql_name: str, deps: list, description: s
         pool="duckdb",
         description=f"{description} Table `{table}`; SQL `sql/cohort/{sql_name}.sql`.",
     )
-    def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
-        return _build(context, warehouse, sql_name, table)
+    def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse, protocol: StudyProtocol) -> dg.MaterializeResult:
+        return _build(context, warehouse, protocol, sql_name, table)
 
     return _asset
 
@@ -119,9 +121,9 @@ bmd_long = cohort_table_asset(
     pool="duckdb",
     can_subset=False,
 )
-def cohort_members(context: dg.AssetExecutionContext, warehouse: Warehouse):
+def cohort_members(context: dg.AssetExecutionContext, warehouse: Warehouse, protocol: StudyProtocol):
     """Build the cohort and its attrition for the quarter's data cutoff."""
-    members = _build(context, warehouse, "members", "cohort.members")
+    members = _build(context, warehouse, protocol, "members", "cohort.members")
     cutoff = quarter_cutoff(context.partition_key)
     with warehouse.get_connection() as con:
         attrition = con.execute(

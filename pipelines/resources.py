@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
 
+from pydantic import ValidationError
+
+from cohort.protocol import Protocol, ProtocolError, load_protocol
 from cohort.settings import Settings
 
 
@@ -61,10 +64,56 @@ class Locations(dg.ConfigurableResource):
         return Path(self.published_dir)
 
 
+# Launchpad field -> (protocol section, key): the protocol values an analyst may override for a run.
+PROTOCOL_OVERRIDES = {
+    "min_age_at_index": ("population", "min_age_at_index"),
+    "washout_days": ("new_users", "washout_days"),
+    "prior_fracture_days": ("exclusions", "prior_fracture_days"),
+    "baseline_scan_days_before": ("bmd_analysis", "baseline_scan_days_before"),
+    "baseline_scan_days_after": ("bmd_analysis", "baseline_scan_days_after"),
+    "grace_period_days": ("exposure", "grace_period_days"),
+    "e2_lookback_days": ("estradiol", "lookback_days"),
+    "e2_tier_bounds_pg_ml": ("estradiol", "tier_bounds_pg_ml"),
+    "e2_lcms_only": ("estradiol", "lcms_only"),
+}
+
+
+class StudyProtocol(dg.ConfigurableResource):
+    """The study protocol: sql/cohort/protocol.toml, with optional per-run overrides set in the
+    launchpad (resources -> protocol -> config). Unset fields keep the file's value; the merged
+    protocol is validated and a bad value fails the run with the field and the reason."""
+
+    min_age_at_index: Optional[int] = None
+    washout_days: Optional[int] = None
+    prior_fracture_days: Optional[int] = None
+    baseline_scan_days_before: Optional[int] = None
+    baseline_scan_days_after: Optional[int] = None
+    grace_period_days: Optional[int] = None
+    e2_lookback_days: Optional[int] = None
+    e2_tier_bounds_pg_ml: Optional[list[float]] = None
+    e2_lcms_only: Optional[bool] = None
+
+    def load(self) -> Protocol:
+        base = load_protocol()
+        data = base.model_dump()
+        for field, (section, key) in PROTOCOL_OVERRIDES.items():
+            if (value := getattr(self, field)) is not None:
+                data[section][key] = value
+        try:
+            return Protocol.model_validate(data)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{next((f for f, target in PROTOCOL_OVERRIDES.items() if target == tuple(e['loc'][:2])), '.'.join(map(str, e['loc'])))}: {e['msg']}"
+                for e in error.errors()
+            )
+            raise ProtocolError(f"protocol overrides are invalid: {problems}") from None
+
+
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings.from_env()
     return {
         "warehouse": Warehouse(database=str(settings.duckdb_path)),
+        "protocol": StudyProtocol(),
         "locations": Locations(
             landing_dir=str(settings.landing_dir),
             reports_dir=str(settings.reports_dir),

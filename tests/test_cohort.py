@@ -193,3 +193,14 @@ def test_protocol_file_is_validated_with_a_clear_message(tmp_path):
     bad.write_text("[exposure]\ngrace_days = 30\n")
     with pytest.raises(ProtocolError, match="exposure.grace_days: Extra inputs are not permitted"):
         load_protocol(bad)
+
+
+def test_launchpad_protocol_overrides_are_validated_and_applied():
+    from pipelines.resources import StudyProtocol
+
+    assert StudyProtocol().load() == load_protocol()
+    assert StudyProtocol(grace_period_days=60).load().exposure.grace_period_days == 60
+    with pytest.raises(ProtocolError) as raised:
+        StudyProtocol(e2_tier_bounds_pg_ml=[40, 20, 10], washout_days=-1).load()
+    assert "e2_tier_bounds_pg_ml: Value error, tier bounds must be positive and strictly increasing" in str(raised.value)
+    assert "washout_days: Input should be greater than or equal to 0" in str(raised.value)
