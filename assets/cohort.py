@@ -7,6 +7,7 @@ import dagster as dg
 from cohort.dictionary import apply_column_docs
 from cohort.display import markdown_table, suppress_count
 from cohort.sql import run_sql, sql_text
+from pipelines.metadata import column_schema, preview
 from pipelines.partitions import quarter_cutoff, quarter_partitions
 from pipelines.resources import StudyProtocol, Warehouse
 
@@ -30,19 +31,14 @@ def _build(
         rows, patients = con.execute(
             f"SELECT count(*), count(DISTINCT (source_site, patient_key)) FROM {table} WHERE data_cutoff = ?", [cutoff]
         ).fetchone()
-        columns = con.execute(
-            "SELECT column_name, data_type, comment FROM duckdb_columns() WHERE schema_name || '.' || table_name = ?", [table]
-        ).fetchall()
-    return dg.MaterializeResult(
-        metadata={
+        metadata = {
             "dagster/row_count": rows,
             "patients": suppress_count(patients),
             "data_cutoff": str(cutoff),
-            "dagster/column_schema": dg.TableSchema(
-                columns=[dg.TableColumn(name, type_, description=comment) for name, type_, comment in columns]
-            ),
+            "dagster/column_schema": column_schema(con, table),
+            "preview": preview(con, table, "data_cutoff = ?", [cutoff]),
         }
-    )
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def cohort_table_asset(key: list[str], sql_name: str, deps: list, description: str) -> dg.AssetsDefinition:

@@ -4,8 +4,9 @@ import dagster as dg
 import pandas as pd
 
 from cohort.contract import TABLES
-from cohort.display import markdown_table
+from cohort.display import figure_png, markdown_table, png_data_uri
 from cohort.ingest import IngestOutcome, ingest_delivery
+from pipelines.metadata import column_schema, preview
 from pipelines.partitions import delivery_partitions
 from pipelines.resources import Locations, Warehouse
 
@@ -47,7 +48,7 @@ QUARANTINE_SPEC = dg.AssetSpec(
 )
 
 
-def _table_metadata(outcome: IngestOutcome, table: str) -> dict:
+def _table_metadata(con, outcome: IngestOutcome, table: str) -> dict:
     counts = outcome.counts.get(table, {})
     reasons = [r for r in outcome.quarantine_reasons if r[0] == table]
     metadata = {
@@ -56,7 +57,11 @@ def _table_metadata(outcome: IngestOutcome, table: str) -> dict:
         "quarantined_rows": counts.get("quarantined", 0),
         "exact_duplicates_removed": counts.get("duplicates", 0),
         "ingest_status": outcome.status,
+        "dagster/column_schema": column_schema(con, f"staging.{table}"),
+        "preview": preview(con, f"staging.{table}", "delivery_id = ?", [outcome.delivery_id]),
     }
+    if extras := outcome.extra_columns.get(table):
+        metadata["extra_columns_kept_in_raw"] = ", ".join(extras)
     if reasons:
         frame = pd.DataFrame(reasons, columns=["table", "rule", "column", "rows"]).drop(columns="table")
         metadata["quarantine_reasons"] = dg.MetadataValue.md(markdown_table(frame))
@@ -76,20 +81,41 @@ def ingest_delivery_asset(context: dg.AssetExecutionContext, warehouse: Warehous
     folder = locations.landing / context.partition_key
     with warehouse.get_connection() as con:
         outcome = ingest_delivery(con, folder)
+        context.log.info(f"delivery {outcome.delivery_id}: {outcome.status}")
+        for table in TABLES:
+            yield dg.MaterializeResult(asset_key=["staging", table], metadata=_table_metadata(con, outcome, table))
         fractures = con.execute(
             "SELECT count(*) FROM staging.fractures WHERE delivery_id = ?", [outcome.delivery_id]
         ).fetchone()[0]
-    context.log.info(f"delivery {outcome.delivery_id}: {outcome.status}")
-    for table in TABLES:
-        yield dg.MaterializeResult(asset_key=["staging", table], metadata=_table_metadata(outcome, table))
-    yield dg.MaterializeResult(asset_key=["staging", "fractures"], metadata={"dagster/row_count": fractures})
-    quarantined = sum(c.get("quarantined", 0) for c in outcome.counts.values())
-    yield dg.MaterializeResult(
-        asset_key=["quarantine", "rows"],
-        metadata={
-            "dagster/row_count": quarantined,
-            "rows_per_layer": dg.MetadataValue.md(
-                markdown_table(pd.DataFrame([{"table": t, **c} for t, c in sorted(outcome.counts.items())]))
-            ),
-        },
-    )
+        yield dg.MaterializeResult(
+            asset_key=["staging", "fractures"],
+            metadata={
+                "dagster/row_count": fractures,
+                "dagster/column_schema": column_schema(con, "staging.fractures"),
+                "preview": preview(con, "staging.fractures", "delivery_id = ?", [outcome.delivery_id]),
+            },
+        )
+        quarantined = sum(c.get("quarantined", 0) for c in outcome.counts.values())
+        yield dg.MaterializeResult(
+            asset_key=["quarantine", "rows"],
+            metadata={
+                "dagster/row_count": quarantined,
+                "dagster/column_schema": column_schema(con, "quarantine.rows"),
+                "rows_per_layer": dg.MetadataValue.md(
+                    markdown_table(pd.DataFrame([{"table": t, **c} for t, c in sorted(outcome.counts.items())]))
+                ),
+                "quarantine_reasons": _reasons_plot(outcome),
+            },
+        )
+
+
+def _reasons_plot(outcome: IngestOutcome) -> dg.MetadataValue:
+    """Quarantined rows by table and rule, as a bar chart (or a note when nothing was quarantined)."""
+    if not outcome.quarantine_reasons:
+        return dg.MetadataValue.md("Nothing quarantined.")
+    from cohort.figures import bar_figure
+
+    frame = pd.DataFrame(outcome.quarantine_reasons, columns=["table", "rule", "column", "rows"])
+    labels = frame["table"] + "." + frame["column"] + ": " + frame["rule"]
+    png = figure_png(bar_figure(labels.tolist(), frame["rows"].tolist(), "Quarantined rows", "Rows"))
+    return dg.MetadataValue.md(f"![quarantine reasons]({png_data_uri(png)})")

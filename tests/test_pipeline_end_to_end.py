@@ -135,3 +135,23 @@ def test_published_copy_is_readable_while_the_warehouse_is_being_written(partner
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_materializations_show_schema_preview_and_quarantine_plot(partner_run):
+    import dagster as dg
+
+    _, _, instance, _ = partner_run
+
+    def latest_metadata(*key):
+        event = instance.get_latest_materialization_event(dg.AssetKey(list(key)))
+        return event.asset_materialization.metadata
+
+    labs = latest_metadata("staging", "labs")
+    assert labs["dagster/row_count"].value == 519 and labs["quarantined_rows"].value == 1
+    assert "result_raw" in [c.name for c in labs["dagster/column_schema"].value.columns]
+    assert all(c.description for c in labs["dagster/column_schema"].value.columns)
+    assert "| patient_key" in labs["preview"].value or "patient_key" in labs["preview"].value
+    quarantine = latest_metadata("quarantine", "rows")
+    assert "data:image/png;base64," in quarantine["quarantine_reasons"].value
+    members = latest_metadata("cohort", "members")
+    assert members["patients"].value == "35" and members["dagster/column_schema"].value.columns
