@@ -204,3 +204,43 @@ def test_launchpad_protocol_overrides_are_validated_and_applied():
         StudyProtocol(e2_tier_bounds_pg_ml=[40, 20, 10], washout_days=-1).load()
     assert "e2_tier_bounds_pg_ml: Value error, tier bounds must be positive and strictly increasing" in str(raised.value)
     assert "washout_days: Input should be greater than or equal to 0" in str(raised.value)
+
+
+def test_cohort_on_a_generated_delivery_matches_the_planted_world(tmp_path):
+    from cohort.generator import generate
+
+    truth = generate(tmp_path / "landing", patients=2000, seed=3)
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    ingest_delivery(con, next((tmp_path / "landing").glob("*/")))
+    con.execute("UPDATE meta.deliveries SET validation_passed = true")
+    con.execute(sql_text("cohort/schema"))
+    for name in COHORT_SQL:
+        run_sql(con, f"cohort/{name}", data_cutoff=CUTOFF, **load_protocol().sql_variables())
+    attrition = dict(con.execute("SELECT step, patients_excluded FROM cohort.attrition").fetchall())
+    realism = truth["realism"]["patients"]
+    assert attrition["sex_at_birth"] == realism["non_male"]
+    assert realism["prevalent_users"] - realism["non_male"] <= attrition["new_user"] <= realism["prevalent_users"]
+    # Person-time by current estradiol tier and on AI: the generator plants outcomes on exactly these
+    # exposures, so the cohort's split of follow-up must match the planted world's.
+    shares = dict(con.execute(
+        "SELECT 'e2_' || e2_tier, sum(stop_day - start_day) / (SELECT sum(stop_day - start_day) FROM analysis.fracture_intervals) "
+        "FROM analysis.fracture_intervals GROUP BY 1").fetchall())
+    for tier, planted in truth["exposure_summary"]["share_by_e2_tier"].items():
+        assert shares[tier] == pytest.approx(planted, abs=0.02), tier
+    (on_ai,) = con.execute(
+        "SELECT sum(stop_day - start_day) FILTER (ai_current) / sum(stop_day - start_day) FROM analysis.fracture_intervals"
+    ).fetchone()
+    assert on_ai == pytest.approx(truth["exposure_summary"]["share_ai_current"], abs=0.01)
+    # Intervals partition each member's follow-up exactly: contiguous from 0 to follow_up_days.
+    assert con.execute("""
+        SELECT count(*) FROM (
+            SELECT patient_key, start_day, lag(stop_day) OVER (PARTITION BY patient_key ORDER BY start_day) AS previous_stop
+            FROM analysis.fracture_intervals) WHERE previous_stop IS NOT NULL AND previous_stop <> start_day
+    """).fetchone() == (0,)
+    assert con.execute("""
+        SELECT count(*) FROM cohort.members m LEFT JOIN (
+            SELECT patient_key, min(start_day) AS first, max(stop_day) AS last, count(*) FILTER (event <> 'censored') AS events
+            FROM analysis.fracture_intervals GROUP BY 1) i USING (patient_key)
+        WHERE i.first <> 0 OR i.last <> m.follow_up_days
+           OR i.events <> (m.follow_up_end_reason IN ('fracture', 'death'))::INTEGER
+    """).fetchone() == (0,)
