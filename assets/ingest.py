@@ -6,6 +6,7 @@ import pandas as pd
 from cohort.contract import TABLES
 from cohort.display import figure_png, markdown_table, png_data_uri
 from cohort.ingest import IngestOutcome, ingest_delivery
+from cohort.sql import set_variables, sql_text
 from pipelines.metadata import column_schema, preview
 from pipelines.partitions import delivery_partitions
 from pipelines.resources import Locations, Warehouse
@@ -66,6 +67,28 @@ def _table_metadata(con, outcome: IngestOutcome, table: str) -> dict:
         frame = pd.DataFrame(reasons, columns=["table", "rule", "column", "rows"]).drop(columns="table")
         metadata["quarantine_reasons"] = dg.MetadataValue.md(markdown_table(frame))
     return metadata
+
+
+@dg.asset_check(
+    asset=["quarantine", "rows"],
+    name="row_conservation",
+    blocking=True,
+    pool="duckdb",
+    description="Every delivered record is accounted for: per table, raw rows = staging rows + quarantined rows "
+    "+ exact duplicates removed, and the counts in meta.ingest_counts match the tables. SQL "
+    "`sql/staging/row_conservation.sql`.",
+)
+def row_conservation(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+    delivery_id = context.run.tags.get("dagster/partition")
+    with warehouse.get_connection() as con:
+        set_variables(con, delivery_id=delivery_id)
+        broken = con.execute(sql_text("staging/row_conservation")).df()
+    return dg.AssetCheckResult(
+        passed=broken.empty,
+        description="raw = staging + quarantine + duplicates for every table" if broken.empty
+        else f"row conservation broken in: {', '.join(broken['table_name'])}",
+        metadata={"broken_tables": dg.MetadataValue.md(markdown_table(broken)) if not broken.empty else "none"},
+    )
 
 
 @dg.multi_asset(

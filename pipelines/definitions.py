@@ -13,7 +13,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """All definitions, with the environment's resources unless others are given (tests)."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules([ingest, validation, cohort, models, reports]),
-        asset_checks=dg.load_asset_checks_from_modules([validation]),
+        asset_checks=dg.load_asset_checks_from_modules([ingest, validation]),
         jobs=[ingest_new_deliveries, rebuild_cohort_and_models, quarterly_cohort_report],
         schedules=[quarterly_report_schedule],
         sensors=[delivery_sensor],

@@ -383,3 +383,13 @@ def test_killed_process_mid_ingest_leaves_the_warehouse_as_it_was(tmp_path):
         assert rows(con, "SELECT delivery_id, status FROM meta.deliveries") == [("site_a_2025q1", "loaded")]
         assert rows(con, "SELECT count(*) FROM raw.labs") == [(0,)]
         assert rows(con, "SELECT DISTINCT delivery_id FROM raw.patients") == [("site_a_2025q1",)]
+
+
+def test_row_conservation_check_finds_a_lost_row(con, tmp_path):
+    from cohort.sql import set_variables, sql_text
+
+    ingest_delivery(con, write_delivery(tmp_path, tables={"labs": [lab("25"), lab("25"), lab("HEMOLYZED")]}))
+    set_variables(con, delivery_id="site_a_2025q2")
+    assert con.execute(sql_text("staging/row_conservation")).fetchall() == []
+    con.execute("DELETE FROM staging.labs")  # a row lost between layers
+    assert [r[0] for r in con.execute(sql_text("staging/row_conservation")).fetchall()] == ["labs"]
