@@ -1,0 +1,63 @@
+"""Benchmark the cohort stage: build every cohort and analysis table for one data cutoff from an
+ingested delivery of N patients, timing each SQL file; prints and writes bench/out/cohort.json.
+
+    .venv/bin/python bench/bench_cohort.py --patients 1000000
+
+The delivery (bench/out/delivery_N) and its ingested warehouse (bench/out/cohort_warehouse_N.duckdb)
+are cached between runs; only the cohort SQL is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+
+OUT = Path(__file__).parent / "out"
+COHORT_SQL = ("ai_episodes", "estradiol_results", "members", "exposure_segments", "fracture_intervals", "bmd_long")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+
+    import duckdb
+
+    from cohort.generator import generate
+    from cohort.ingest import ingest_delivery
+    from cohort.protocol import load_protocol
+    from cohort.sql import run_sql, sql_text
+
+    data = OUT / f"delivery_{args.patients}"
+    if not (data / "truth.json").exists():
+        shutil.rmtree(data, ignore_errors=True)
+        generate(data, patients=args.patients, seed=args.seed)
+    warehouse = OUT / f"cohort_warehouse_{args.patients}.duckdb"
+    if not warehouse.exists():
+        with duckdb.connect(str(warehouse)) as con:
+            ingest_delivery(con, next(p for p in data.iterdir() if (p / "manifest.json").exists()))
+            con.execute("UPDATE meta.deliveries SET validation_passed = true")
+    cutoff = date.fromisoformat(json.loads((data / "truth.json").read_text())["generator"]["last_cutoff"])
+    timings = {}
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute(sql_text("cohort/schema"))
+        for name in COHORT_SQL:
+            started = time.perf_counter()
+            run_sql(con, f"cohort/{name}", data_cutoff=cutoff, **load_protocol().sql_variables())
+            timings[name] = round(time.perf_counter() - started, 2)
+            print(f"{name:<20} {timings[name]:7.1f} s", flush=True)
+        rows = {t: con.execute(f"SELECT count(*) FROM {t} WHERE data_cutoff = ?", [cutoff]).fetchone()[0]
+                for t in ("cohort.members", "cohort.exposure_segments", "analysis.fracture_intervals", "analysis.bmd_long")}
+    result = {"patients": args.patients, "seconds": timings, "total_seconds": round(sum(timings.values()), 1), "rows": rows,
+              "load_average": open("/proc/loadavg").read().split()[:3]}
+    print(json.dumps(result, indent=2))
+    (OUT / "cohort.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
