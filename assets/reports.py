@@ -5,36 +5,70 @@ from pathlib import Path
 import dagster as dg
 
 from cohort.publish import CURRENT, publish
-from cohort.report import gather, render
+from cohort.report import gather, write_report
 from pipelines.partitions import quarter_cutoff, quarter_label, quarter_partitions
 from pipelines.resources import Locations, Warehouse
 
 
+def _model_tables() -> list[dg.AssetKey]:
+    """Every asset of the models stage: the report reads whichever results tables they fill."""
+    from assets import models
+
+    keys: set[dg.AssetKey] = set()
+    for definition in dg.load_assets_from_modules([models]):
+        keys.update(getattr(definition, "keys", []))
+    return sorted(keys, key=lambda k: k.to_user_string())
+
+
 @dg.asset(
     group_name="reports",
-    kinds={"html", "python"},
+    kinds={"html", "pdf", "python"},
     owners=["team:epidemiology"],
     partitions_def=quarter_partitions,
-    deps=[["cohort", "members"], ["cohort", "attrition"], ["results", "km_curves"]],
+    deps=[["cohort", "members"], ["cohort", "attrition"], ["analysis", "bmd_long"],
+          *[k for k in _model_tables() if k not in (dg.AssetKey(["cohort", "members"]),)]],
     pool="duckdb",
 )
 def quarterly_report(context: dg.AssetExecutionContext, warehouse: Warehouse, locations: Locations) -> dg.MaterializeResult:
-    """The quarterly cohort report for clinicians: cohort flow, fracture curves by aromatase-inhibitor
-    exposure and provenance, as the cohort stood at the quarter's data cutoff. Written to
-    `COHORT_REPORTS_DIR/<YYYY-Qn>/cohort_report.html` (self-contained), with PNG figures and CSV tables."""
+    """The quarterly cohort report for clinicians, as the cohort stood at the quarter's data cutoff:
+    key findings, data sources and data quality, protocol, cohort flow, Table 1 with SMDs, PS overlap,
+    BMD trajectories and estimates, fracture curves, rates and Cox models, sensitivity analyses, change
+    since the previous quarter, limitations and provenance. Every count is small-cell suppressed (with
+    complementary suppression). Written to `COHORT_REPORTS_DIR/<YYYY-Qn>/`: `cohort_report.html`
+    (self-contained), `cohort_report.pdf`, `figures/*.png`, `tables/*.csv`, `provenance.json`.
+    Backfilling a past quarter rebuilds it with the same numbers."""
     cutoff = quarter_cutoff(context.partition_key)
     with warehouse.get_connection() as con:
         content = gather(con, quarter_label(context.partition_key), cutoff, context.run.run_id)
-    path = render(content, locations.reports)
-    context.log.info(f"report written to {path}")
-    return dg.MaterializeResult(
-        metadata={
-            "report_path": dg.MetadataValue.path(str(path)),
-            "data_cutoff": str(cutoff),
-            "cohort_size": content.summary["cohort_size"],
-            "fractures": content.summary["fractures"],
-        }
-    )
+    output = write_report(content, locations.reports)
+    report = output.report
+    if output.browser is not None and not output.browser.ok:
+        raise dg.Failure(
+            description=f"the report at {output.html} does not render cleanly in Chromium: "
+            f"console errors {output.browser.console_errors[:3]}, broken images {output.browser.broken_images}, "
+            f"external requests {output.browser.external_requests[:3]}",
+            metadata={"report_path": dg.MetadataValue.path(str(output.html))},
+        )
+    if output.pdf_problem:
+        context.log.warning(output.pdf_problem)
+    for error in report.errors:
+        context.log.error(f"report section not built: {error}")
+    context.log.info(f"report written to {output.html}")
+    summary = report.ledger.summary()
+    metadata = {
+        "report_path": dg.MetadataValue.path(str(output.html)),
+        "pdf_path": dg.MetadataValue.path(str(output.pdf)) if output.pdf else output.pdf_problem or "no PDF",
+        "data_cutoff": str(cutoff),
+        "cohort_size": report.ledger.text(("n", "all")),
+        "fractures": report.ledger.text(("end", "fracture", "all")),
+        "figures": len(output.figures),
+        "tables": len(output.tables),
+        "counts_suppressed": f"{summary['primary']} below the threshold, {summary['complementary']} complementary",
+        "sections_not_available": ", ".join(report.unavailable_sections) or "none",
+        "flags": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.flags) or "none"),
+        "section_errors": dg.MetadataValue.md("\n".join(f"- {e}" for e in report.errors) or "none"),
+    }
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(

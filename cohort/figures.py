@@ -286,20 +286,20 @@ def flow_figure(steps: list[dict], title: str = "Cohort flow"):
     for i, step in enumerate(steps):
         y = -pitch * i
         cohort = bool(step.get("cohort"))
-        axis.add_patch(FancyBboxPatch((0.1, y - 0.27), 6.0, 0.54, boxstyle="round,pad=0.02", facecolor="#eef3f8",
+        axis.add_patch(FancyBboxPatch((0.1, y - 0.27), 6.4, 0.54, boxstyle="round,pad=0.02", facecolor="#eef3f8",
                                       edgecolor="#2c7fb8" if cohort else "#7f7f7f", linewidth=1.8 if cohort else 0.8))
-        text = textwrap.fill(step["description"], 58)
-        axis.text(3.1, y + 0.08, text, ha="center", va="center", fontsize=7.5 if "\n" in text else 8)
-        axis.text(3.1, y - 0.15, f"n = {step['remaining']}", ha="center", va="center", fontsize=8.5, weight="bold")
+        text = textwrap.fill(step["description"], 40)
+        axis.text(0.3, y, text, ha="left", va="center", fontsize=7.5 if "\n" in text else 8, linespacing=1.15)
+        axis.text(6.38, y, f"n = {step['remaining']}", ha="right", va="center", fontsize=8.5, weight="bold")
         if i + 1 < len(steps):
             axis.annotate("", xy=(3.1, y - pitch + 0.28), xytext=(3.1, y - 0.28),
                           arrowprops=dict(arrowstyle="->", color="#555555", lw=1))
         if i > 0 and step.get("excluded") not in (None, "", "0"):
             ym = y + pitch / 2
-            axis.annotate("", xy=(6.65, ym), xytext=(3.1, ym), arrowprops=dict(arrowstyle="->", color="#999999", lw=0.8))
-            axis.add_patch(FancyBboxPatch((6.7, ym - 0.16), 3.2, 0.32, boxstyle="round,pad=0.02", facecolor="#fbeee6",
+            axis.annotate("", xy=(6.95, ym), xytext=(3.1, ym), arrowprops=dict(arrowstyle="->", color="#999999", lw=0.8))
+            axis.add_patch(FancyBboxPatch((7.0, ym - 0.16), 2.9, 0.32, boxstyle="round,pad=0.02", facecolor="#fbeee6",
                                           edgecolor="#c0392b", linewidth=0.6))
-            axis.text(8.3, ym, f"excluded: {step['excluded']}", ha="center", va="center", fontsize=8)
+            axis.text(8.45, ym, f"excluded: {step['excluded']}", ha="center", va="center", fontsize=8)
     axis.set_title(title, loc="left")
     plt.close(figure)
     return figure
@@ -415,16 +415,17 @@ def estimate_forest_figure(rows: pd.DataFrame, xlabel: str, title: str, null_val
         axis.plot(row.estimate, yi, "s", color=color, markerfacecolor="white" if flagged else color, markersize=5)
     axis.axvline(null_value, color="grey", linestyle="--", linewidth=0.8)
     if log_scale:
-        axis.set_xscale("log")
-    from matplotlib.ticker import FixedLocator, NullLocator
+        # Ratios on a log axis, labelled at readable values that never crowd each other.
+        from matplotlib.ticker import FixedLocator, NullLocator
 
-    finite = shown[["ci_low", "ci_high"]].to_numpy(dtype=float)
-    finite = finite[np.isfinite(finite) & (finite > 0)]
-    low, high = (finite.min(), finite.max()) if finite.size else (0.5, 2.0)
-    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 10, 20) if low / 1.2 <= t <= high * 1.2]
-    axis.xaxis.set_major_locator(FixedLocator(ticks or [1]))
-    axis.xaxis.set_minor_locator(NullLocator())
-    axis.set_xticklabels([f"{t:g}" for t in ticks or [1]])
+        axis.set_xscale("log")
+        finite = shown[["ci_low", "ci_high"]].to_numpy(dtype=float)
+        finite = finite[np.isfinite(finite) & (finite > 0)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.5, 2.0)
+        ticks = [t for t in (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 10, 20, 50, 100) if low / 1.3 <= t <= high * 1.3] or [1]
+        axis.xaxis.set_major_locator(FixedLocator(ticks))
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.set_xticklabels([f"{t:g}" for t in ticks])
     axis.set_yticks(y)
     axis.set_yticklabels([f"{r.label}{'  [flagged]' if r.flagged else ''}" for r in shown.itertuples()], fontsize=8)
     axis.set_ylim(-0.8, len(shown) - 0.2)
