@@ -18,7 +18,21 @@ def column_schema(con: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name, type_, description=comment) for name, type_, comment in columns])
 
 
+# Quasi-identifiers a preview never shows, even date-shifted: dates, birth year, race, ethnicity and
+# record numbers. What remains (pseudonymous key, codes, values) is enough to judge the table.
+HIDDEN_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
+HIDDEN_COLUMNS = ("birth_year", "race", "ethnicity", "source_record", "source_line", "delivery_id")
+
+
 def preview(con: duckdb.DuckDBPyConnection, table: str, where: str, params: list) -> dg.MetadataValue:
-    """A few rows (pseudonymous keys only: identifiers never reach staging) as a markdown table."""
-    frame = con.execute(f"SELECT * FROM {table} WHERE {where} LIMIT {PREVIEW_ROWS}", params).df()
+    """A few rows, without dates and other quasi-identifiers, as a markdown table."""
+    shown = [
+        name for name, type_ in con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name || '.' || table_name = ? ORDER BY column_index", [table]
+        ).fetchall()
+        if type_ not in HIDDEN_TYPES and name not in HIDDEN_COLUMNS
+    ]
+    columns = ", ".join(f'"{name}"' for name in shown)
+    frame = con.execute(f"SELECT {columns} FROM {table} WHERE {where} LIMIT {PREVIEW_ROWS}", params).df()
     return dg.MetadataValue.md(markdown_table(frame))
