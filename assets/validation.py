@@ -1,15 +1,24 @@
-"""Validation stage: Great Expectations suites (expectations/staging_<table>.json) as blocking
-asset checks on each staging table, results kept in `meta.dq_results`."""
-
-from datetime import datetime, timezone
+"""Validation stage: Great Expectations suites (expectations/*.json, run as SQL inside DuckDB by
+cohort.validation) as blocking asset checks on the staging tables of each delivery and on the
+cohort tables of each quarter. Results go to `meta.dq_results` (deliveries) and
+`meta.cohort_dq_results` (quarters); each delivery gets a data-quality page."""
 
 import dagster as dg
 import pandas as pd
 
 from cohort.contract import TABLES
 from cohort.display import markdown_table
-from cohort.validation import ExpectationOutcome, validate_frame
-from pipelines.partitions import delivery_partitions
+from cohort.validation import (
+    ExpectationOutcome,
+    data_quality_page_path,
+    persist_delivery_results,
+    persist_quarter_results,
+    render_data_quality_page,
+    summarize,
+    validate_delivery,
+    validate_quarter,
+)
+from pipelines.partitions import delivery_partitions, quarter_cutoff
 from pipelines.resources import Locations, Warehouse
 
 CHECK_SPECS = [
@@ -17,90 +26,125 @@ CHECK_SPECS = [
         name=f"staging_{table}_expectations",
         asset=["staging", table],
         blocking=True,
-        description=f"Great Expectations suite expectations/staging_{table}.json (conformance, completeness, "
-        "plausibility); any failed `error` expectation blocks downstream assets.",
+        description=f"Great Expectations suites expectations/delivered_{table}.json (every delivered record: "
+        f"quarantined, duplicated, and per defect family) and expectations/staging_{table}.json (the staged rows: "
+        "conformance, completeness, plausibility). A failed `error` expectation blocks downstream assets and "
+        "marks the delivery as not validated.",
     )
     for table in TABLES
 ]
 
+COHORT_TABLES = {
+    "cohort.members": ["cohort", "members"],
+    "cohort.attrition": ["cohort", "attrition"],
+    "cohort.ai_episodes": ["cohort", "ai_episodes"],
+}
 
-def _check_result(table: str, outcomes: list[ExpectationOutcome]) -> dg.AssetCheckResult:
-    failed = [o for o in outcomes if not o.passed]
-    blocking = [o for o in failed if o.blocking_failure]
+
+def _cohort_spec(table: str) -> dg.AssetCheckSpec:
+    name = table.replace(".", "_")
+    return dg.AssetCheckSpec(
+        name=f"{name}_expectations",
+        asset=COHORT_TABLES[table],
+        blocking=True,
+        description=f"Great Expectations suite expectations/{name}.json on `{table}` at the quarter's data cutoff; "
+        "a failed `error` expectation blocks the models and the report.",
+    )
+
+
+def _results_frame(outcomes: list[ExpectationOutcome]) -> pd.DataFrame:
+    order = {"errored": 0, "failed": 1, "passed": 2}
+    rows = sorted(outcomes, key=lambda o: (order[o.status], o.severity != "error", o.suite, o.name))
     frame = pd.DataFrame(
         [
             {
-                "expectation": o.expectation,
-                "column": o.column,
+                "expectation": f"{o.suite}.{o.name}",
                 "category": o.category,
                 "severity": o.severity,
-                "result": "errored" if o.errored else ("passed" if o.passed else "failed"),
-                "observed": o.observed_value,
-                "unexpected": o.unexpected_count,
-                "unexpected_%": None if o.unexpected_percent is None else round(o.unexpected_percent, 3),
-                "example_records": ",".join(map(str, o.example_records)),
+                "tolerated": f"{o.threshold:.3g}",
+                "result": o.status.upper() if o.status != "passed" else "passed",
+                "observed": o.observed_value if not o.errored else (o.error or "")[:120],
+                "unexpected": "" if o.unexpected_count is None else f"{o.unexpected_count:,}",
+                "unexpected_%": "" if o.unexpected_percent is None else f"{o.unexpected_percent:.3g}",
+                "example_rows": ", ".join(o.example_keys),
             }
-            for o in outcomes
+            for o in rows
         ]
     )
+    # a "|" inside a cell would break the markdown table
+    return frame if frame.empty else frame.apply(lambda column: column.str.replace("|", "/", regex=False))
+
+
+def _check_result(asset_key: list[str], check_name: str, outcomes: list[ExpectationOutcome], extra: dict) -> dg.AssetCheckResult:
+    failed = [o for o in outcomes if not o.passed]
+    blocking = [o for o in outcomes if o.blocking_failure]
     return dg.AssetCheckResult(
-        asset_key=["staging", table],
-        check_name=f"staging_{table}_expectations",
+        asset_key=asset_key,
+        check_name=check_name,
         passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
-        description=(
-            f"{len(failed)} of {len(outcomes)} expectations failed"
-            + (f"; blocking: {', '.join(sorted({f'{o.expectation}({o.column})' for o in blocking}))}" if blocking else "")
-        ),
+        description=summarize(outcomes),
         metadata={
             "expectations": len(outcomes),
-            "failed": len(failed),
+            "failed": sum(not o.passed and not o.errored for o in outcomes),
             "errored": sum(o.errored for o in outcomes),
-            "results": dg.MetadataValue.md(markdown_table(frame, max_rows=100)),
+            "blocking_failures": len(blocking),
+            "results": dg.MetadataValue.md(markdown_table(_results_frame(outcomes), max_rows=200)),
+            **extra,
         },
     )
 
 
-def _persist(con, run_id: str, delivery_id: str, table: str, outcomes: list[ExpectationOutcome]) -> None:
-    now = datetime.now(timezone.utc)
-    rows = pd.DataFrame(
-        [
-            {
-                "run_id": run_id, "delivery_id": delivery_id, "table_name": table, "expectation": o.expectation,
-                "column_name": o.column, "category": o.category, "severity": o.severity, "passed": o.passed,
-                "errored": o.errored, "observed_value": o.observed_value, "unexpected_count": o.unexpected_count,
-                "unexpected_percent": o.unexpected_percent, "example_records": ",".join(map(str, o.example_records)),
-                "error": o.error, "validated_at": now,
-            }
-            for o in outcomes
-        ]
-    )
-    con.execute("DELETE FROM meta.dq_results WHERE delivery_id = ? AND table_name = ?", [delivery_id, table])
-    con.execute("INSERT INTO meta.dq_results BY NAME SELECT * FROM rows")
-
-
 @dg.multi_asset_check(specs=CHECK_SPECS, pool="duckdb", name="staging_expectations")
-def staging_expectations(context: dg.AssetCheckExecutionContext, warehouse: Warehouse):
-    """Run each staging table's GX suite on the delivery being ingested."""
+def staging_expectations(context: dg.AssetCheckExecutionContext, warehouse: Warehouse, locations: Locations):
+    """Run each staging table's suites on the delivery being ingested (the run's partition), keep the
+    results, mark the delivery validated or not, and write its data-quality page."""
     delivery_id = context.run.tags.get("dagster/partition")
-    blocking_failures = 0
     with warehouse.get_connection() as con:
-        for table in TABLES:
-            frame = con.execute(f"SELECT * FROM staging.{table} WHERE delivery_id = ?", [delivery_id]).df()
-            outcomes = validate_frame(frame, f"staging_{table}")
-            _persist(con, context.run.run_id, delivery_id, table, outcomes)
-            blocking_failures += sum(o.blocking_failure for o in outcomes)
-            yield _check_result(table, outcomes)
+        validation = validate_delivery(con, delivery_id)
+        for table, outcomes in validation.outcomes.items():
+            persist_delivery_results(con, context.run.run_id, delivery_id, validation.data_cutoff, table, outcomes)
         # Later runs (the quarterly cohort) use only deliveries whose blocking checks passed.
-        con.execute(
-            "UPDATE meta.deliveries SET validation_passed = ? WHERE delivery_id = ?", [blocking_failures == 0, delivery_id]
+        con.execute("UPDATE meta.deliveries SET validation_passed = ? WHERE delivery_id = ?", [validation.passed, delivery_id])
+        page = render_data_quality_page(con, delivery_id, data_quality_page_path(locations.reports, delivery_id))
+    context.log.info(f"delivery {delivery_id}: validation {'passed' if validation.passed else 'FAILED'}; page {page}")
+    for table in TABLES:
+        yield _check_result(
+            ["staging", table], f"staging_{table}_expectations", validation.outcomes[table],
+            {"delivery_id": delivery_id, "data_quality_page": dg.MetadataValue.path(str(page))},
         )
+
+
+def _validate_cohort_tables(context: dg.AssetCheckExecutionContext, warehouse: Warehouse, tables: list[str]):
+    partition = context.run.tags.get("dagster/partition")
+    cutoff = quarter_cutoff(partition)
+    with warehouse.get_connection() as con:
+        outcomes = validate_quarter(con, cutoff, tables)
+        for table in tables:
+            persist_quarter_results(con, context.run.run_id, cutoff, table, outcomes[table])
+    for table in tables:
+        name = table.replace(".", "_")
+        yield _check_result(COHORT_TABLES[table], f"{name}_expectations", outcomes[table], {"data_cutoff": str(cutoff)})
+
+
+@dg.multi_asset_check(
+    specs=[_cohort_spec("cohort.members"), _cohort_spec("cohort.attrition")], pool="duckdb", name="cohort_expectations"
+)
+def cohort_expectations(context: dg.AssetCheckExecutionContext, warehouse: Warehouse):
+    """Suites cohort_members and cohort_attrition on the quarter's cohort (run after both are built)."""
+    yield from _validate_cohort_tables(context, warehouse, ["cohort.members", "cohort.attrition"])
+
+
+@dg.multi_asset_check(specs=[_cohort_spec("cohort.ai_episodes")], pool="duckdb", name="ai_episodes_expectations")
+def ai_episodes_expectations(context: dg.AssetCheckExecutionContext, warehouse: Warehouse):
+    """Suite cohort_ai_episodes on the quarter's aromatase-inhibitor episodes."""
+    yield from _validate_cohort_tables(context, warehouse, ["cohort.ai_episodes"])
 
 
 @dg.asset(
     key=["meta", "dq_results"],
     group_name="validation",
-    kinds={"duckdb", "python"},
+    kinds={"duckdb", "python", "html"},
     owners=["team:data-engineering"],
     partitions_def=delivery_partitions,
     deps=[["staging", t] for t in TABLES],
@@ -108,18 +152,23 @@ def staging_expectations(context: dg.AssetCheckExecutionContext, warehouse: Ware
 )
 def data_quality_results(context: dg.AssetExecutionContext, warehouse: Warehouse, locations: Locations) -> dg.MaterializeResult:
     """Data-quality results of the delivery (table `meta.dq_results`): every expectation of every
-    staging suite with its Kahn category, severity and outcome. Materializes only when no
-    blocking (error-severity) expectation failed."""
+    delivery suite with its Kahn category, severity, outcome (passed / failed / errored), unexpected
+    count and example record numbers, and the delivery's data-quality page
+    (`<reports>/data_quality/<delivery_id>.html`). Materializes only when no blocking (error-severity)
+    expectation failed; the page is written by the checks either way."""
+    delivery_id = context.partition_key
     with warehouse.get_connection() as con:
         summary = con.execute(
-            "SELECT table_name, category, count(*) AS expectations, count(*) FILTER (passed) AS passed, "
+            "SELECT table_name, category, count(*) AS expectations, count(*) FILTER (passed AND NOT errored) AS passed, "
             "count(*) FILTER (NOT passed AND NOT errored) AS failed, count(*) FILTER (errored) AS errored "
             "FROM meta.dq_results WHERE delivery_id = ? GROUP BY ALL ORDER BY ALL",
-            [context.partition_key],
+            [delivery_id],
         ).df()
+        page = render_data_quality_page(con, delivery_id, data_quality_page_path(locations.reports, delivery_id))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": int(summary["expectations"].sum()) if len(summary) else 0,
             "summary": dg.MetadataValue.md(markdown_table(summary, max_rows=50)),
+            "data_quality_page": dg.MetadataValue.path(str(page)),
         }
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -281,8 +282,14 @@ def test_propensity_model_matches_statsmodels_on_unstandardized_design():
     members, _ = simulate_cohort(800, 2, ai_logit=(-1.0, 0.15))
     model = PropensityScoreModel(truncation_percentiles=None).fit(members)
     X = sm.add_constant(model.design_.X[model.design_.fit_columns].to_numpy(float))
-    ref = sm.Logit(members.ai_ever.astype(float).to_numpy(), X).fit(method="bfgs", maxiter=5000, gtol=1e-10, disp=False)
-    np.testing.assert_allclose(model.propensity_scores_, ref.predict(X), atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sm.Logit(members.ai_ever.astype(float).to_numpy(), X).fit(method="bfgs", maxiter=5000, gtol=1e-10,
+                                                                         disp=False)
+    # 1e-5: a few quasi-separated members (e.g. estradiol missing with a known tier) have PS -> 0 along
+    # a direction where the two optimizers stop at slightly different points; all others agree to 1e-8.
+    np.testing.assert_allclose(model.propensity_scores_, ref.predict(X), atol=1e-5)
+    assert np.median(np.abs(model.propensity_scores_ - ref.predict(X))) < 1e-8
     assert model.fit_method_ == "logit"
     assert model.c_statistic_ == pytest.approx(F.c_statistic(ref.predict(X), members.ai_ever.to_numpy(bool)))
     scores = model.scores()
@@ -328,7 +335,7 @@ def test_lcms_tier_and_collapsed_rows_change_nothing():
     members, intervals = simulate_cohort(500, 5)
     frame = F.counting_process_frame(intervals, members, F.ADJUSTED_TERMS, e2_column="e2_tier_lcms")
     assert len(frame.data) < frame.n_rows_input  # rows split by drug/dose/other tier were merged
-    result = F.fit_cox(frame, "time_varying_adjusted_lcms")
+    result = F.fit_cox(frame, "time_varying_adjusted_lcms", ph_time_transforms=("km", "rank"))
     ref, _ = lifelines_reference(members, intervals, F.ADJUSTED_TERMS, e2_column="e2_tier_lcms")
     assert_matches_lifelines(result, ref)
     # PH tests kept with the result, one per term and transform
@@ -497,32 +504,44 @@ def test_diagnostics_gate_events_equipoise_and_mdrr():
 
 @pytest.fixture(scope="module")
 def generated_run(tmp_path_factory):
-    """A generated delivery with planted effects through the real pipeline (ingest, validation,
-    cohort, models; the report stage too when it runs)."""
+    """A generated delivery with planted effects through the real pipeline: the jobs `cohort run`
+    uses (ingest and validation per delivery, then the quarterly job's cohort and models stages, as
+    pipelines.headless.run_pipeline runs them), stopping before the report (test_pipeline_end_to_end
+    covers it) to keep this under a minute."""
     import dagster as dg
 
     from cohort.generator import generate
     from cohort.settings import Settings
-    from pipelines.headless import PipelineError, run_pipeline
+    from pipelines.definitions import build_definitions
+    from pipelines.headless import QUIET, _failure_message, _stage_keys
+    from pipelines.partitions import delivery_partitions, quarter_key
+    from pipelines.resources import build_resources
 
     root = tmp_path_factory.mktemp("generated")
     settings = Settings(landing_dir=root / "landing", duckdb_path=root / "warehouse.duckdb", reports_dir=root / "reports")
     truth = generate(settings.landing_dir, patients=5000, sites=1, quarters=1, seed=2024)
+    instance = dg.DagsterInstance.ephemeral()
+    defs = build_definitions(build_resources(settings))
     lines: list[str] = []
-    try:
-        run_pipeline(settings, progress=lines.append, instance=dg.DagsterInstance.ephemeral())
-    except PipelineError as error:
-        # Only a failure after the models stage (the report) is not this test's concern.
-        if not any(line.startswith("[models]") for line in lines):
-            raise
-        warnings.warn(f"pipeline failed after the models stage: {error}")
-    return settings, truth, lines
+    for delivery, info in truth["deliveries"].items():
+        instance.add_dynamic_partitions(delivery_partitions.name, [delivery])
+        result = defs.resolve_job_def("ingest_new_deliveries").execute_in_process(
+            run_config=QUIET, partition_key=delivery, instance=instance, raise_on_error=False)
+        assert result.success, _failure_message(result)
+        quarter = quarter_key(date.fromisoformat(info["data_cutoff"]))
+    for group in ("cohort", "models"):
+        result = defs.resolve_job_def("quarterly_cohort_report").execute_in_process(
+            run_config=QUIET, partition_key=quarter, instance=instance, raise_on_error=False,
+            asset_selection=_stage_keys(defs, group))
+        assert result.success, f"{group}: {_failure_message(result)}"
+        lines.append(f"[{group}] {quarter}: done")
+    return settings, truth, lines, instance
 
 
 def test_generated_cohort_recovers_planted_hazard_ratios(generated_run):
     from tests.conftest import query
 
-    settings, truth, lines = generated_run
+    settings, truth, lines, _ = generated_run
     assert any(line.startswith("[models]") for line in lines), lines
     cox = pd.DataFrame(query(settings, "SELECT model, term, hazard_ratio, ci_low, ci_high, n_events, estimable "
                                        "FROM results.fracture_cox"),
@@ -557,3 +576,29 @@ def test_generated_cohort_recovers_planted_hazard_ratios(generated_run):
     (weights,) = query(settings, "SELECT count(*) FROM analysis.fracture_iptw_weights")[0]
     assert weights == query(settings, "SELECT count(*) FROM cohort.members")[0][0]
     json.dumps(truth["fracture_model"])  # truth.json's model section is what was compared
+
+
+def test_materializations_show_hazard_ratios_curves_and_flags(generated_run):
+    import dagster as dg
+
+    _, _, _, instance = generated_run
+
+    def metadata(*key):
+        event = instance.get_latest_materialization_event(dg.AssetKey(list(key)))
+        return event.asset_materialization.metadata
+
+    cox = metadata("results", "fracture_cox")
+    table = cox["hazard_ratios"].value
+    assert "Current aromatase inhibitor" in table and "HR (95% CI)" in table
+    assert "**FAILED**" in table or cox["results_failing_diagnostics"].value == 0
+    assert cox["forest_plot"].value.startswith("![Hazard ratios](data:image/png;base64,")
+    for key in (("results", "km_curves"), ("results", "km_curves_e2_tier")):
+        assert metadata(*key)["km_plot"].value.startswith("![Kaplan-Meier](data:image/png;base64,")
+    assert "cif_plot_ai" in metadata("results", "cumulative_incidence")
+    assert "ps_overlap_plot" in metadata("results", "propensity_diagnostics")
+    assert "SMD after" in metadata("results", "balance")["balance"].value
+    # counts shown to people are suppressed: no bare 1-10 in the events columns
+    rates = metadata("results", "incidence_rates")["incidence_rates"].value
+    for line in rates.splitlines()[2:]:
+        fractures = line.split("|")[3].strip()
+        assert fractures == "<11" or fractures == "0" or int(fractures.replace(",", "")) >= 11, line

@@ -18,7 +18,7 @@ COMMENT ON COLUMN results.fracture_cox.se_type IS 'model-based, or robust (sandw
 COMMENT ON COLUMN results.fracture_cox.ci_low IS 'Lower 95% limit of the hazard ratio (Wald).';
 COMMENT ON COLUMN results.fracture_cox.ci_high IS 'Upper 95% limit of the hazard ratio (Wald).';
 COMMENT ON COLUMN results.fracture_cox.p_value IS 'Wald test of hazard ratio = 1.';
-COMMENT ON COLUMN results.fracture_cox.ph_p_value IS 'Proportional-hazards test on scaled Schoenfeld residuals (Grambsch-Therneau, 1 - KM time transform); all transforms in results.fracture_ph_tests. Small values: the hazard ratio changes over follow-up.';
+COMMENT ON COLUMN results.fracture_cox.ph_p_value IS 'Proportional-hazards test on scaled Schoenfeld residuals (Grambsch-Therneau, rank time transform by default); all transforms in results.fracture_ph_tests. Small values: the hazard ratio changes over follow-up.';
 COMMENT ON COLUMN results.fracture_cox.n_patients IS 'Members in the model (unsuppressed: suppress before showing).';
 COMMENT ON COLUMN results.fracture_cox.n_patients_excluded IS 'Members left out for a missing baseline covariate (complete-case analysis: BMI, femoral-neck sBMD).';
 COMMENT ON COLUMN results.fracture_cox.n_events IS 'Events (of outcome) in the model.';
