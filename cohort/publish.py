@@ -14,6 +14,8 @@ from pathlib import Path
 
 import duckdb
 
+from cohort.dictionary import apply_column_docs
+
 # What a published copy holds, per schema: tables with a data_cutoff keep the quarters up to the
 # cutoff; staging keeps the deliveries current at the cutoff; meta and reference are kept whole.
 PUBLISHED_SCHEMAS = ("meta", "reference", "staging", "cohort", "analysis", "results")
@@ -73,6 +75,7 @@ def publish(warehouse: Path, published_dir: Path, label: str, cutoff: date) -> P
         con.execute(f"COMMENT ON TABLE {published}.meta.publication IS 'Which quarter this published copy holds and when it was written.'")
         con.execute(f"USE {published}")
         con.execute("DETACH warehouse")
+        apply_column_docs(con)  # results tables are created by the models, after ingest applied the docs
     os.replace(partial, target)
     newest = max(p.stem for p in published_dir.glob("*.duckdb") if p.name != CURRENT)
     if newest == label:

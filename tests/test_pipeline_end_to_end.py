@@ -115,10 +115,10 @@ def test_published_copy_is_readable_while_the_warehouse_is_being_written(partner
         [sys.executable, "-c", textwrap.dedent(f"""
             import duckdb, sys, time
             con = duckdb.connect({str(settings.duckdb_path)!r})
-            con.execute("CREATE OR REPLACE TABLE meta.write_probe (n INTEGER)")
+            con.execute("CREATE TEMP TABLE write_probe (n INTEGER)")
             print("writing", flush=True)
             for n in range(200):
-                con.execute("INSERT INTO meta.write_probe VALUES (?)", [n])
+                con.execute("INSERT INTO write_probe VALUES (?)", [n])
                 time.sleep(0.02)
         """)],
         stdout=subprocess.PIPE, text=True,
@@ -157,3 +157,20 @@ def test_materializations_show_schema_preview_and_quarantine_plot(partner_run):
     assert "data:image/png;base64," in quarantine["quarantine_reasons"].value
     members = latest_metadata("cohort", "members")
     assert members["patients"].value == "35" and members["dagster/column_schema"].value.columns
+
+
+def test_data_dictionary_in_the_repo_is_current_and_complete(partner_run):
+    from cohort.dictionary import render
+    from cohort.settings import PROJECT_ROOT
+
+    settings, _, _, _ = partner_run
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        generated = render(con)
+    committed = (PROJECT_ROOT / "docs" / "data_dictionary.md").read_text()
+    assert generated == committed, "docs/data_dictionary.md is stale: run `cohort dictionary --duckdb <warehouse>`"
+    undocumented = [line for line in generated.splitlines() if line.startswith("| `") and line.rstrip().endswith("|  |")]
+    assert undocumented == []
+    with duckdb.connect(str(settings.published_dir / "current.duckdb"), read_only=True) as con:
+        assert con.execute(
+            "SELECT count(*) FROM duckdb_columns() WHERE comment IS NULL AND schema_name IN ('cohort', 'analysis', 'results')"
+        ).fetchone() == (0,)
