@@ -147,12 +147,15 @@ def time_fracture_stage(settings, partition: str) -> dict:
     wall = time.monotonic() - started
     steps = {e.step_key: round(e.event_specific_data.duration_ms / 1000, 2)
              for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    cox_seconds = next((m.metadata["seconds"].value for m in result.asset_materializations_for_node("fracture_cox_models")
+                        if m.asset_key == dg.AssetKey(["results", "fracture_cox"]) and "seconds" in m.metadata), None)
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         members, intervals = con.execute(
             "SELECT (SELECT count(*) FROM cohort.members), (SELECT count(*) FROM analysis.fracture_intervals)").fetchone()
         cox = con.execute("SELECT model, term, hazard_ratio, ci_low, ci_high, n_events, diagnostics_passed "
                           "FROM results.fracture_cox ORDER BY model, term").df()
     return {"members": members, "interval_rows": intervals, "wall_seconds": round(wall, 1), "steps_seconds": steps,
+            "cox_seconds_by_model": cox_seconds,
             "fracture_cox": cox.round(4).to_dict("records")}
 
 

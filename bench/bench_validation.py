@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the generated delivery and the warehouse")
     parser.add_argument("--memory-limit", default="8GB", help="DuckDB memory_limit for ingest and validation (shared machine)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse <work>/landing (generated) and, if its ingest finished, <work>/warehouse.duckdb and "
+                             "the ingest time recorded in <work>/ingest.json: a long run on a shared machine can resume")
     args = parser.parse_args()
 
     import duckdb
@@ -57,25 +60,44 @@ def main() -> None:
     from cohort.ingest import ingest_delivery
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_validation_"))
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    resume = args.resume and (work / "landing" / "truth.json").is_file()
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
     load_before = os.getloadavg()
     say = lambda text: print(text, flush=True)  # noqa: E731
 
     clock = time.perf_counter()
-    truth = generate(work / "landing", patients=args.patients, seed=args.seed, fmt=args.fmt, defects=args.defects,
-                     progress=lambda m: say(f"  generate: {m}"))
-    generate_seconds = time.perf_counter() - clock
+    if resume:
+        truth = json.loads((work / "landing" / "truth.json").read_text())
+        if truth["generator"]["patients"] != args.patients:
+            raise SystemExit(f"{work}/landing holds {truth['generator']['patients']} patients, not {args.patients}")
+        generate_seconds = None
+    else:
+        truth = generate(work / "landing", patients=args.patients, seed=args.seed, fmt=args.fmt, defects=args.defects,
+                         progress=lambda m: say(f"  generate: {m}"))
+        generate_seconds = time.perf_counter() - clock
     (delivery_id,) = truth["deliveries"]
-    say(f"generated {delivery_id}: {args.patients:,} patients in {generate_seconds:.1f} s")
+    say(f"delivery {delivery_id}: {args.patients:,} patients" + (f", generated in {generate_seconds:.1f} s" if generate_seconds else " (reused)"))
 
+    ingested = work / "ingest.json"
+    if not (resume and ingested.is_file()):
+        (work / "warehouse.duckdb").unlink(missing_ok=True)
+        (work / "warehouse.duckdb.wal").unlink(missing_ok=True)
     con = duckdb.connect(str(work / "warehouse.duckdb"), config={"memory_limit": args.memory_limit})
-    reset_peak()
-    clock = time.perf_counter()
-    outcome = ingest_delivery(con, work / "landing" / delivery_id)
-    ingest_seconds = time.perf_counter() - clock
-    ingest_peak = peak_rss_mb()
-    rows = {t: c["raw"] for t, c in outcome.counts.items()}
+    if resume and ingested.is_file():
+        recorded = json.loads(ingested.read_text())
+        ingest_seconds, ingest_peak, rows = recorded["ingest_seconds"], recorded["peak_rss_mb"], recorded["records"]
+        say(f"ingest: reusing the warehouse ingested earlier in {ingest_seconds:.1f} s")
+    else:
+        reset_peak()
+        clock = time.perf_counter()
+        outcome = ingest_delivery(con, work / "landing" / delivery_id)
+        ingest_seconds = time.perf_counter() - clock
+        ingest_peak = peak_rss_mb()
+        rows = {t: c["raw"] for t, c in outcome.counts.items()}
+        ingested.write_text(json.dumps({"ingest_seconds": ingest_seconds, "peak_rss_mb": ingest_peak, "records": rows,
+                                        "load_average": os.getloadavg()}))
     say(f"ingest: {ingest_seconds:.1f} s for {sum(rows.values()):,} records ({rows}); peak RSS {ingest_peak:.0f} MB")
 
     reset_peak()
@@ -125,7 +147,7 @@ def main() -> None:
         "duckdb_memory_limit": args.memory_limit,
         "execution_path": f"Great Expectations {gx.__version__} SQL engine (SQLAlchemy + duckdb_engine) inside DuckDB "
                           f"{duckdb.__version__}; relations materialized as TEMP tables with only the suite's columns",
-        "generate_seconds": round(generate_seconds, 1),
+        "generate_seconds": None if generate_seconds is None else round(generate_seconds, 1),
         "ingest_seconds": round(ingest_seconds, 1),
         "validation_seconds": round(validation_seconds, 1),
         "validation_suites_seconds": round(validate_seconds, 1),

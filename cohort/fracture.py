@@ -19,11 +19,15 @@ Confounding control for the AI comparison (ever-AI vs never, baseline covariates
 Cox models (on analysis.fracture_intervals)
   counting_process_frame           model rows: terms built, baseline covariates joined, complete cases,
                                    adjacent rows with identical covariates merged (exact)
+  fit_cox                          Efron Cox (cohort.survival.TimeVaryingCox) on such rows, fracture or
+                                   death (cause-specific); terms without a finite MLE reported, not fatal
   fit_time_varying_cox             the primary model (current AI, current E2 tier, glucocorticoid, age,
                                    BMI, femoral-neck sBMD), or the cause-specific death model
-  fit_iptw_cox                     ever-AI from initiation (intention to treat), IPTW-weighted, robust SE
+  fit_iptw_cox                     ever-AI from initiation (intention to treat), IPTW-weighted with
+                                   robust SE, or crude
   DiagnosticsGate                  CohortMethod-style pass/fail: balance, equipoise, events, MDRR
-  fracture_cox_table               results.fracture_cox rows, gate applied
+  fracture_cox_table, ph_tests_table   results.fracture_cox / results.fracture_ph_tests rows
+  FractureModelSettings            every threshold and choice above, with defaults
 
 Covariate scaling matches the generator's truth.json: age per 10 years, BMI per 5 kg/m2, baseline
 femoral-neck sBMD per 0.1 g/cm2 (centred at 65 years, 28 kg/m2, 0.8 g/cm2; centring changes no HR).
