@@ -72,6 +72,28 @@ class Estradiol(_Section):
         return value
 
 
+class FractureModels(_Section):
+    """Confounding control and the diagnostics gate of the fracture models (cohort/fracture.py)."""
+
+    truncation_percentiles: tuple[float, float] = (1, 99)   # [0, 100]: no truncation
+    truncation_scope: Literal["overall", "group"] = "overall"
+    smd_threshold: float = Field(0.1, gt=0, le=1)
+    equipoise_bounds: tuple[float, float] = (0.3, 0.7)
+    equipoise_threshold: float = Field(0.2, ge=0, le=1)
+    min_events: int = Field(10, ge=1)
+    mdrr_threshold: float = Field(10, gt=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    ph_time_transform: Literal["rank", "km"] = "rank"
+    lcms_sensitivity: bool = True
+
+    @field_validator("truncation_percentiles", "equipoise_bounds")
+    @classmethod
+    def _ordered_pair(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError("the first bound must be below the second")
+        return value
+
+
 class Reporting(_Section):
     small_cell_threshold: int = Field(11, ge=1, le=1000)
 
@@ -84,6 +106,7 @@ class Protocol(_Section):
     bmd_analysis: BmdAnalysis = BmdAnalysis()
     exposure: Exposure = Exposure()
     estradiol: Estradiol = Estradiol()
+    fracture_models: FractureModels = FractureModels()
     reporting: Reporting = Reporting()
 
     def sql_variables(self) -> dict[str, object]:
