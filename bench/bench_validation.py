@@ -43,8 +43,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--defects", type=float, default=0.01, help="per-row rate of planted defects (default 0.01)")
     parser.add_argument("--fmt", default="csv", choices=["csv", "csv.gz", "parquet"])
-    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the generated delivery and the warehouse")
+    parser.add_argument("--work", type=Path, default=None, help="working folder, kept (default: a temporary one, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary working folder")
     parser.add_argument("--memory-limit", default="8GB", help="DuckDB memory_limit for ingest and validation (shared machine)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse <work>/landing (generated) and, if its ingest finished, <work>/warehouse.duckdb and "
@@ -59,6 +59,7 @@ def main() -> None:
     from cohort.generator import generate
     from cohort.ingest import ingest_delivery
 
+    temporary = args.work is None
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_validation_"))
     resume = args.resume and (work / "landing" / "truth.json").is_file()
     if not resume:
@@ -122,6 +123,11 @@ def main() -> None:
         V.persist_delivery_results(con, "bench", delivery_id, context["data_cutoff"], table, table_outcomes)
     page = V.render_data_quality_page(con, delivery_id, work / "data_quality" / f"{delivery_id}.html")
     persist_seconds = time.perf_counter() - clock
+    # what ingest quarantined, by first rule: explains a count above the planted one (a genuine record
+    # that is implausible too, e.g. a generated T-score beyond +-10)
+    quarantine = {f"{t}/{r}:{c}": n for t, r, c, n in con.execute(
+        "SELECT table_name, rule, column_name, count(*) FROM quarantine.rows WHERE delivery_id = ? GROUP BY ALL ORDER BY ALL",
+        [delivery_id]).fetchall()}
     validation_seconds = validate_seconds + persist_seconds
     validation_peak = peak_rss_mb()
     con.close()
@@ -160,6 +166,7 @@ def main() -> None:
         "blocking_failures": sum(o.blocking_failure for o in every),
         "defects_planted_vs_counted": caught,
         "all_defects_counted_exactly": all(v["planted"] == v["counted"] for v in caught.values()),
+        "quarantined_by_first_rule": quarantine,
         "peak_rss_mb": {"ingest": round(ingest_peak), "validation": round(validation_peak)},
         "per_suite": suites,
         "data_quality_page_bytes": page.stat().st_size,
@@ -173,7 +180,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
     say(f"written to {OUT / 'validation.json'}")
-    if not args.keep:
+    if temporary and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
 
