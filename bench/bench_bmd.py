@@ -239,17 +239,23 @@ def main() -> None:
                 "SELECT count(DISTINCT (source_site, patient_key)) FROM analysis.bmd_long").fetchone()[0]
         print(f"bmd_long: {result['bmd_long']}", flush=True)
 
+        def save():  # after every stage, so a long statsmodels run lost midway keeps the rest
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
         if args.only_statsmodels:
             args.skip_breakdown = True
         else:
             result["asset"] = materialize_asset(database, args.blas_threads)
+            save()
         if not args.skip_breakdown:
             print("per-site breakdown (same SQL and functions as the asset):", flush=True)
             result["per_site"] = per_site_breakdown(database, args.blas_threads or None)
-        if args.statsmodels_sizes:
-            result["statsmodels"] = statsmodels_ratio(database, args.statsmodels_sizes, args.seed, args.blas_threads or None)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+            save()
+        result["statsmodels"] = []
+        for size in args.statsmodels_sizes:
+            result["statsmodels"] += statsmodels_ratio(database, [size], args.seed, args.blas_threads or None)
+            save()
         print(f"written to {args.out}")
     finally:
         if not args.keep and args.work is None:

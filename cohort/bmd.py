@@ -263,7 +263,8 @@ def _dependent_columns(X: np.ndarray, names: list[str], rtol: float = 1e-6) -> l
     (relative) it is dependent. Rounding in the Gram matrix is ~1e-15 relative, so a dependent
     column shows ~1e-7 and an identifiable one far more (the fitter's own rank check is stricter)."""
     n = len(X)
-    gram = X.T @ X / n
+    with limit_blas_threads(1):  # one n x p product and p tiny solves: threads only add waiting
+        gram = X.T @ X / n
     scale = np.sqrt(np.diag(gram))
     scale[scale == 0] = 1.0
     gram = gram / np.outer(scale, scale)

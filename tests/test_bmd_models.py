@@ -3,7 +3,8 @@ statsmodels reference on real analysis.bmd_long rows, planted-truth recovery thr
 the confounding check, the results tables, and non-convergence as a failed asset.
 
 Tolerances. Agreement with the converged statsmodels ``MixedLM`` reference (fit_statsmodels_reference):
-relative 1e-6 (fixed effects relative to max(|ref|, SE), as in tests/test_mixed_model.py); measured
+relative 1e-6 (fixed effects relative to max(|ref|, SE), as in tests/test_mixed_model.py; the
+intercept-slope covariance, often near 0, relative to max(|ref|, sd_intercept * sd_slope)); measured
 differences are ~1e-7 or smaller. Planted truth: every planted fixed effect in truth.json inside the
 model's 95% CI, on a fixed seed (see SEED); over 20 seeds the coverage is 96% (bench/out/coverage_bmd.json).
 
@@ -305,7 +306,8 @@ def test_agrees_with_statsmodels_reference_on_real_bmd_long(generated, site, ana
     assert list(ours.params_.index) == list(ref.params_.index) == list(design.X.columns)
     assert _rel(ours.params_, ref.params_, ref.bse_) <= RTOL
     assert _rel(ours.bse_, ref.bse_) <= RTOL
-    assert _rel(ours.cov_re_, ref.cov_re_) <= RTOL
+    g_scale = np.sqrt(np.outer(np.diag(ref.cov_re_), np.diag(ref.cov_re_)))  # covariance judged on its SDs' scale
+    assert _rel(ours.cov_re_, ref.cov_re_, g_scale) <= RTOL
     assert _rel(ours.scale_, ref.scale_) <= RTOL
     assert _rel(ours.llf_, ref.llf_) <= RTOL
     assert _rel(ours.confidence_intervals_, ref.confidence_intervals_, ref.bse_.to_numpy()[:, None]) <= RTOL
