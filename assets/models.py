@@ -19,8 +19,18 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from cohort.bmd import SKELETAL_SITES as BMD_SITES
+from cohort.bmd import fit_bmd_models, term_labels, tier_group_labels
 from cohort.display import figure_png, markdown_table, png_data_uri, suppress_count
-from cohort.figures import cif_figure, forest_figure, km_figure_at_risk, ps_overlap_figure
+from cohort.figures import (
+    BMD_SITE_LABELS,
+    bmd_forest_figure,
+    bmd_residual_figure,
+    cif_figure,
+    forest_figure,
+    km_figure_at_risk,
+    ps_overlap_figure,
+)
 from cohort.fracture import (
     ADJUSTED_TERMS,
     AI_CURRENT_GROUPS,
@@ -45,6 +55,7 @@ from cohort.fracture import (
 )
 from cohort.protocol import load_protocol
 from cohort.sql import sql_text
+from pipelines.metadata import column_schema
 from pipelines.partitions import quarter_cutoff, quarter_partitions
 from pipelines.resources import Warehouse
 
@@ -555,14 +566,6 @@ def _intervals_frame(raw: dict) -> pd.DataFrame:
 # sql/models/bmd_trajectory.sql.
 # =============================================================================================
 
-from cohort.bmd import SKELETAL_SITES as BMD_SITES  # noqa: E402
-from cohort.bmd import fit_bmd_models, term_labels, tier_group_labels  # noqa: E402
-from cohort.display import figure_png, markdown_table, png_data_uri, suppress_count  # noqa: E402
-from cohort.figures import BMD_SITE_LABELS, bmd_forest_figure, bmd_residual_figure  # noqa: E402
-from cohort.protocol import load_protocol  # noqa: E402
-from cohort.sql import sql_text  # noqa: E402
-from pipelines.partitions import quarter_cutoff, quarter_partitions  # noqa: E402
-from pipelines.resources import Warehouse  # noqa: E402
 
 BMD_ROWS_SQL = """
 SELECT dense_rank() OVER (ORDER BY source_site, patient_key)::INTEGER AS patient_id, source_site, manufacturer,
@@ -598,20 +601,8 @@ def _write_bmd_table(con, table: str, cutoff, frame: pd.DataFrame) -> None:
         con.unregister("bmd_result_frame")
 
 
-def _table_schema(con, table: str) -> dg.TableSchema:
-    columns = con.execute(
-        "SELECT column_name, data_type, comment FROM duckdb_columns() WHERE schema_name || '.' || table_name = ? "
-        "ORDER BY column_index", [table]
-    ).fetchall()
-    return dg.TableSchema(columns=[dg.TableColumn(name, type_, description=comment) for name, type_, comment in columns])
-
-
 def _bmd_image(figure, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}]({png_data_uri(figure_png(figure))})")
-
-
-def _bmd_fmt_p(p) -> str:
-    return "" if p is None or not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _fmt_pct_ci(estimate, low, high) -> str:
@@ -663,8 +654,8 @@ def bmd_change_models(context: dg.AssetExecutionContext, config: BmdModelConfig,
                               blas_threads=config.blas_threads or None)
         _write_bmd_table(con, "results.bmd_change", cutoff, fits.change)
         _write_bmd_table(con, "results.bmd_trajectory", cutoff, fits.trajectory)
-        change_schema = _table_schema(con, "results.bmd_change")
-        trajectory_schema = _table_schema(con, "results.bmd_trajectory")
+        change_schema = column_schema(con, "results.bmd_change")
+        trajectory_schema = column_schema(con, "results.bmd_trajectory")
     for (site, analysis), why in fits.not_estimable.items():
         context.log.warning(f"BMD model not fitted: {why}")
     change, trajectory = fits.change, fits.trajectory
@@ -674,7 +665,7 @@ def bmd_change_models(context: dg.AssetExecutionContext, config: BmdModelConfig,
         "analysis": change["analysis"],
         "term": change["term"].map(lambda t: labels.get(t, t)),
         "% per year (95% CI)": [_fmt_pct_ci(r.estimate_pct_per_year, r.ci_low, r.ci_high) for r in change.itertuples()],
-        "p": change["p_value"].map(_bmd_fmt_p),
+        "p": change["p_value"].map(_fmt_p),
         "patients": change["n_patients"].map(lambda n: suppress_count(n, threshold)),
         "scans": change["n_scans"].map(lambda n: suppress_count(n, threshold)),
         "converged": change["converged"].map(lambda c: "yes" if c else "NO"),
