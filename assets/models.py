@@ -1,4 +1,5 @@
-"""Models stage: the quarter's estimates, kept in `results.*` (thin assets over cohort/fracture.py).
+"""Models stage: the quarter's estimates, kept in `results.*` (thin assets over cohort/fracture.py and
+cohort/bmd.py).
 
 Fragility fracture (issue 8), in dependency order:
   results/km_curves, results/km_curves_e2_tier   Kaplan-Meier by ever-AI and by estradiol tier at index
@@ -8,82 +9,74 @@ Fragility fracture (issue 8), in dependency order:
                                                  propensity score for AI initiation, IPTW, balance
   results/fracture_cox, results/fracture_ph_tests
                                                  Cox models with the diagnostics gate, PH tests
+BMD change (issue 7):
+  results/bmd_change, results/bmd_trajectory     linear mixed models of log sBMD per skeletal site
 
-Every count shown in metadata goes through `suppress_count`; tables keep exact counts for
-statisticians. Result-table DDL and column documentation: sql/models/*.sql.
+SQL: the queries reading each model's inputs are sql/models/inputs/*.sql; each table's DDL and
+column documentation, sql/models/<table>.sql. Every count of people, events or scans shown in
+metadata is small-cell suppressed; the tables keep exact counts for statisticians.
+
+Dagster imports this module to load the code location, so the estimators (and numpy, pandas and
+scipy under them) are imported inside the asset bodies: they take seconds to import.
 """
 
+import math
+import re
 import time
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 
-from cohort.bmd import SKELETAL_SITES as BMD_SITES
-from cohort.bmd import fit_bmd_models, term_labels, tier_group_labels
-from cohort.display import figure_png, markdown_table, png_data_uri, suppress_count
+from cohort.dictionary import apply_column_docs
+from cohort.display import markdown_image, markdown_table, suppress_count, suppress_numbers_in_text
 from cohort.figures import (
     BMD_SITE_LABELS,
     bmd_forest_figure,
     bmd_residual_figure,
+    bmd_trajectory_figure,
     cif_figure,
     forest_figure,
     km_figure_at_risk,
     ps_overlap_figure,
 )
-from cohort.fracture import (
-    ADJUSTED_TERMS,
-    AI_CURRENT_GROUPS,
-    AI_EVER_GROUPS,
-    E2_TIER_GROUPS,
-    E2_TIER_ORDER,
-    GLUCOCORTICOID_GROUPS,
-    BalanceSummary,
-    DiagnosticsGate,
-    FractureModelSettings,
-    PropensityScoreModel,
-    balance_table,
-    counting_process_frame,
-    cumulative_incidence_by_group,
-    fit_cox,
-    fit_iptw_cox,
-    fracture_cox_table,
-    incidence_rates_by_exposure,
-    kaplan_meier_by_group,
-    numbers_at_risk,
-    ph_tests_table,
-)
 from cohort.protocol import load_protocol
-from cohort.sql import sql_text
-from pipelines.metadata import column_schema
+from cohort.sql import set_variables, sql_text
+from pipelines.metadata import (
+    column_schema,
+    row_count,
+    small_cell_threshold,
+    sql_description,
+    table_count_ledger,
+    table_metadata,
+)
 from pipelines.partitions import quarter_cutoff, quarter_partitions
 from pipelines.resources import Warehouse
 
-AI_GROUPS = AI_EVER_GROUPS  # kept: the report and older code import this name
 MODEL_KW = dict(kinds={"duckdb", "python"}, owners=["team:biostatistics"], group_name="models")
 AT_RISK_YEARS = (0, 1, 2, 3, 4, 5, 6, 7, 8)
-EVENT_CATEGORIES = ["censored", "fracture", "death"]
+GATE_CHECK = "fracture_diagnostics_gate"
 
 
-def fracture_settings() -> FractureModelSettings:
-    """Thresholds of the fracture models: the protocol's [fracture_models] section when it has one,
-    else the defaults of FractureModelSettings."""
-    section = getattr(load_protocol(), "fracture_models", None)
-    if section is None:
-        return FractureModelSettings()
-    values = section.model_dump() if hasattr(section, "model_dump") else dict(section)
-    known = set(FractureModelSettings.__dataclass_fields__)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
-    return FractureModelSettings(**values)
+def _table_spec(table: str, deps: list, meaning: str, *inputs: str) -> dg.AssetSpec:
+    """A table this stage writes: its columns declared up front (shown before any materialization), and
+    the SQL files its asset runs named in its description (the input queries, then the table's DDL)."""
+    schema, name = table.split(".")
+    return dg.AssetSpec(
+        [schema, name], deps=deps, metadata=table_metadata(table), **MODEL_KW,
+        description=sql_description(meaning, table, *(f"models/inputs/{query}" for query in inputs), f"models/{name}"),
+    )
 
 
-def _threshold() -> int:
-    return load_protocol().reporting.small_cell_threshold
+def _query(con, name: str, **variables):
+    """Run the query sql/models/inputs/<name>.sql with `variables` set; fetch its rows from the result."""
+    set_variables(con, **variables)
+    return con.execute(sql_text(f"models/inputs/{name}"))
 
 
-def _replace(con, table: str, cutoff, frame: pd.DataFrame) -> None:
-    """Replace the cutoff's rows of `table` (DDL in sql/models/<name>.sql) with `frame`, atomically."""
+def _replace_rows(con, table: str, cutoff, frame) -> dict:
+    """Replace the cutoff's rows of `table` (DDL: sql/models/<name>.sql) with `frame`, atomically.
+    Returns the metadata every table of this stage shows: its data cutoff and columns as written."""
     con.execute(sql_text(f"models/{table.split('.')[1]}"))
+    apply_column_docs(con)  # the columns the DDL leaves undescribed, from sql/warehouse/column_docs.csv
     con.register("result_frame", frame.assign(data_cutoff=cutoff))
     try:
         con.execute("BEGIN TRANSACTION")
@@ -95,15 +88,32 @@ def _replace(con, table: str, cutoff, frame: pd.DataFrame) -> None:
         raise
     finally:
         con.unregister("result_frame")
+    return {"data_cutoff": str(cutoff), "dagster/column_schema": column_schema(con, table)}
+
+
+def _write_results(con, table: str, cutoff, frame) -> dict:
+    """`_replace_rows` for a results table: its rows are estimates, not people, so their count is shown as is."""
+    return {"dagster/row_count": len(frame), **_replace_rows(con, table, cutoff, frame)}
+
+
+# A count in an estimator's message ("for all 3 events", "(8 patients, 30 scans)"); a number after
+# "than" is a threshold ("fewer than 10 events"), not a count.
+_COUNT_IN_TEXT = re.compile(r"(?<!than )(?<![\w.,])\d[\d,]* (?:events?|patients?|scans?|members?)\b")
+
+
+def _suppress_counts_in_text(text: str, threshold: int) -> str:
+    """An estimator's message as metadata shows it: the counts in it small-cell suppressed."""
+    return _COUNT_IN_TEXT.sub(lambda match: suppress_numbers_in_text(match.group(), threshold), text)
 
 
 def _image(figure, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}]({png_data_uri(figure_png(figure))})")
+    return dg.MetadataValue.md(markdown_image(figure, alt))
 
 
-def _at_risk_display(curves: pd.DataFrame, threshold: int) -> pd.DataFrame:
-    if curves.empty:
-        return pd.DataFrame(columns=["group_label"])
+def _at_risk_shown(curves, threshold: int):
+    """Numbers at risk at whole years (within follow-up) under a Kaplan-Meier plot, suppressed."""
+    from cohort.fracture import numbers_at_risk
+
     horizon = [t for t in AT_RISK_YEARS if t <= curves["time_years"].max()]
     table = numbers_at_risk(curves, horizon)
     for t in horizon:
@@ -112,13 +122,19 @@ def _at_risk_display(curves: pd.DataFrame, threshold: int) -> pd.DataFrame:
 
 
 def _fmt_hr(row) -> str:
-    if not np.isfinite(row.hazard_ratio):
+    if not math.isfinite(row.hazard_ratio):
         return "not estimable"
     return f"{row.hazard_ratio:.2f} ({row.ci_low:.2f}–{row.ci_high:.2f})"
 
 
 def _fmt_p(p) -> str:
-    return "" if p is None or not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    return "" if p is None or not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _fmt_pct_ci(estimate, low, high) -> str:
+    if estimate is None or not math.isfinite(estimate):
+        return "not estimable"
+    return f"{estimate:+.2f} ({low:+.2f} to {high:+.2f})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,18 +145,19 @@ def _fmt_p(p) -> str:
 @dg.multi_asset(
     name="fracture_km_curves",
     specs=[
-        dg.AssetSpec(
-            ["results", "km_curves"], deps=[["cohort", "members"]], **MODEL_KW,
-            description="Kaplan-Meier curves of time to first fragility fracture from index (first testosterone "
-            "dispensing) for men who started an aromatase inhibitor during follow-up vs those who did not, with "
-            "95% bands and numbers at risk. Descriptive: AI status is known only after follow-up starts, so the "
-            "AI comparison itself is results/fracture_cox. Table `results.km_curves`.",
+        _table_spec(
+            "results.km_curves", [["cohort", "members"]],
+            "Kaplan-Meier curves of time to first fragility fracture from index (first testosterone dispensing) for "
+            "men who started an aromatase inhibitor during follow-up vs those who did not, with 95% bands and numbers "
+            "at risk. Descriptive: AI status is known only after follow-up starts, so the AI comparison itself is "
+            "results/fracture_cox.",
+            "fracture_follow_up",
         ),
-        dg.AssetSpec(
-            ["results", "km_curves_e2_tier"], deps=[["cohort", "members"]], **MODEL_KW,
-            description="Kaplan-Meier curves of time to first fragility fracture by estradiol tier at index "
-            "(<10, 10-<20, 20-<40, >=40 pg/mL, unknown): do men starting testosterone with low estradiol "
-            "fracture sooner? Table `results.km_curves_e2_tier`.",
+        _table_spec(
+            "results.km_curves_e2_tier", [["cohort", "members"]],
+            "Kaplan-Meier curves of time to first fragility fracture by estradiol tier at index (<10, 10-<20, "
+            "20-<40, >=40 pg/mL, unknown): do men starting testosterone with low estradiol fracture sooner?",
+            "fracture_follow_up",
         ),
     ],
     partitions_def=quarter_partitions,
@@ -149,60 +166,65 @@ def _fmt_p(p) -> str:
 )
 def fracture_km_curves(context: dg.AssetExecutionContext, warehouse: Warehouse):
     """Kaplan-Meier of time to first fragility fracture by ever-AI and by baseline estradiol tier."""
+    import pandas as pd
+
+    from cohort.fracture import AI_EVER_GROUPS, E2_TIER_GROUPS, kaplan_meier_by_group
+
     cutoff = quarter_cutoff(context.partition_key)
-    threshold = _threshold()
+    threshold = small_cell_threshold()
+    groupings = {  # table: (cohort.members column, its groups, what the curves compare)
+        "results.km_curves": ("ai_ever", AI_EVER_GROUPS, "AI during follow-up"),
+        "results.km_curves_e2_tier": ("e2_tier_at_index", E2_TIER_GROUPS, "estradiol tier at index"),
+    }
     with warehouse.get_connection() as con:
-        members = con.execute(
-            "SELECT ai_ever, e2_tier_at_index, follow_up_days, follow_up_end_reason FROM cohort.members "
-            "WHERE data_cutoff = ?", [cutoff]
-        ).df()
-        by_ai = kaplan_meier_by_group(members, "ai_ever", "ai_ever", AI_EVER_GROUPS)
-        by_tier = kaplan_meier_by_group(members, "e2_tier_at_index", "e2_tier_at_index", E2_TIER_GROUPS)
-        _replace(con, "results.km_curves", cutoff, by_ai)
-        _replace(con, "results.km_curves_e2_tier", cutoff, by_tier)
+        members = _query(con, "fracture_follow_up", data_cutoff=cutoff).df()
+        curves = {table: kaplan_meier_by_group(members, column, column, groups)
+                  for table, (column, groups, _) in groupings.items()}
+        written = {table: _write_results(con, table, cutoff, curves[table]) for table in groupings}
     fractures = members["follow_up_end_reason"] == "fracture"
-    for key, curves, column, labels, what in (
-        (["results", "km_curves"], by_ai, "ai_ever", AI_EVER_GROUPS, "AI during follow-up"),
-        (["results", "km_curves_e2_tier"], by_tier, "e2_tier_at_index", E2_TIER_GROUPS, "estradiol tier at index"),
-    ):
+    for table, (column, groups, what) in groupings.items():
+        in_group = [members[column] == value for value in groups]
         counts = pd.DataFrame({
-            "group": list(labels.values()),
-            "members": [suppress_count(int((members[column] == v).sum()), threshold) for v in labels],
-            "fractures": [suppress_count(int((fractures & (members[column] == v)).sum()), threshold) for v in labels],
+            "group": list(groups.values()),
+            "members": [suppress_count(int(group.sum()), threshold) for group in in_group],
+            "fractures": [suppress_count(int((fractures & group).sum()), threshold) for group in in_group],
         })
-        metadata = {"dagster/row_count": len(curves), "data_cutoff": str(cutoff),
-                    "fractures": dg.MetadataValue.md(markdown_table(counts))}
-        if not curves.empty:
-            figure = km_figure_at_risk(curves, f"Fragility fracture by {what}, cutoff {cutoff}",
-                                       _at_risk_display(curves, threshold))
+        metadata = {**written[table], "fractures": dg.MetadataValue.md(markdown_table(counts))}
+        if not curves[table].empty:
+            figure = km_figure_at_risk(curves[table], f"Fragility fracture by {what}, cutoff {cutoff}",
+                                       _at_risk_shown(curves[table], threshold))
             metadata["km_plot"] = _image(figure, "Kaplan-Meier")
-        yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+        yield dg.MaterializeResult(asset_key=table.split("."), metadata=metadata)
 
 
-@dg.asset(
-    key=["results", "cumulative_incidence"],
-    deps=[["cohort", "members"]],
+@dg.multi_asset(
+    name="fracture_cumulative_incidence",
+    specs=[_table_spec(
+        "results.cumulative_incidence", [["cohort", "members"]],
+        "Cumulative incidence of first fragility fracture with death as a competing risk (Aalen-Johansen), by AI "
+        "during follow-up and by estradiol tier at index: the share of men who fracture by each year, not counting "
+        "the dead as still at risk (1 - Kaplan-Meier overstates it when deaths are common). Ties are handled "
+        "exactly, so reruns are identical.",
+        "fracture_follow_up",
+    )],
     partitions_def=quarter_partitions,
     pool="duckdb",
-    **MODEL_KW,
 )
 def fracture_cumulative_incidence(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
-    """Cumulative incidence of first fragility fracture with death as a competing risk (Aalen-Johansen),
-    by AI during follow-up and by estradiol tier at index: the share of men who fracture by each year,
-    not counting the dead as still at risk (1 - Kaplan-Meier overstates it when deaths are common).
-    Ties are handled exactly, so reruns are identical. Table `results.cumulative_incidence`."""
+    """Aalen-Johansen cumulative incidence of first fragility fracture, death competing."""
+    import numpy as np
+    import pandas as pd
+
+    from cohort.fracture import AI_EVER_GROUPS, E2_TIER_GROUPS, cumulative_incidence_by_group
+
     cutoff = quarter_cutoff(context.partition_key)
     with warehouse.get_connection() as con:
-        members = con.execute(
-            "SELECT ai_ever, e2_tier_at_index, follow_up_days, follow_up_end_reason FROM cohort.members "
-            "WHERE data_cutoff = ?", [cutoff]
-        ).df()
+        members = _query(con, "fracture_follow_up", data_cutoff=cutoff).df()
         cif = pd.concat([
             cumulative_incidence_by_group(members, "ai_ever", "ai_ever", AI_EVER_GROUPS),
             cumulative_incidence_by_group(members, "e2_tier_at_index", "e2_tier_at_index", E2_TIER_GROUPS),
         ], ignore_index=True)
-        _replace(con, "results.cumulative_incidence", cutoff, cif)
-    metadata = {"dagster/row_count": len(cif), "data_cutoff": str(cutoff)}
+        metadata = _write_results(con, "results.cumulative_incidence", cutoff, cif)
     rows = []
     for (curve, label), group in cif.groupby(["curve", "group_label"], sort=False):
         row = {"grouping": curve, "group": label}
@@ -222,26 +244,28 @@ def fracture_cumulative_incidence(context: dg.AssetExecutionContext, warehouse: 
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(
-    key=["results", "incidence_rates"],
-    deps=[["analysis", "fracture_intervals"]],
+@dg.multi_asset(
+    name="fracture_incidence_rates",
+    specs=[_table_spec(
+        "results.incidence_rates", [["analysis", "fracture_intervals"]],
+        "Fragility fractures per 1,000 person-years (exact Poisson 95% CI) by what the men were exposed to at the "
+        "time: on an aromatase inhibitor or not, each estradiol tier (all assays and LC-MS/MS only), "
+        "glucocorticoids. Crude rates; the adjusted comparison is results/fracture_cox.",
+        "fracture_person_time",
+    )],
     partitions_def=quarter_partitions,
     pool="duckdb",
-    **MODEL_KW,
 )
 def fracture_incidence_rates(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
-    """Fragility fractures per 1,000 person-years (exact Poisson 95% CI) by what the men were exposed to
-    at the time: on an aromatase inhibitor or not, each estradiol tier (all assays and LC-MS/MS only),
-    glucocorticoids. Crude rates; the adjusted comparison is results/fracture_cox. Table
-    `results.incidence_rates`."""
+    """Crude fragility-fracture rates per 1,000 person-years by current exposure."""
+    import pandas as pd
+
+    from cohort.fracture import AI_CURRENT_GROUPS, E2_TIER_GROUPS, GLUCOCORTICOID_GROUPS, incidence_rates_by_exposure
+
     cutoff = quarter_cutoff(context.partition_key)
-    threshold = _threshold()
+    threshold = small_cell_threshold()
     with warehouse.get_connection() as con:
-        person_time = con.execute(
-            "SELECT ai_current, e2_tier, e2_tier_lcms, glucocorticoid_current, "
-            "sum(stop_day - start_day)::DOUBLE AS person_days, count(*) FILTER (event = 'fracture') AS events "
-            "FROM analysis.fracture_intervals WHERE data_cutoff = ? GROUP BY ALL", [cutoff]
-        ).df()
+        person_time = _query(con, "fracture_person_time", data_cutoff=cutoff).df()
         if person_time.empty:
             rates = incidence_rates_by_exposure(person_time, {})
         else:
@@ -251,7 +275,7 @@ def fracture_incidence_rates(context: dg.AssetExecutionContext, warehouse: Wareh
                 "e2_tier_lcms": {k: f"{v} (LC-MS/MS)" for k, v in E2_TIER_GROUPS.items()},
                 "glucocorticoid_current": GLUCOCORTICOID_GROUPS,
             })
-        _replace(con, "results.incidence_rates", cutoff, rates)
+        metadata = _write_results(con, "results.incidence_rates", cutoff, rates)
     shown = pd.DataFrame({
         "exposure": rates["exposure"],
         "group": rates["group_label"],
@@ -260,43 +284,38 @@ def fracture_incidence_rates(context: dg.AssetExecutionContext, warehouse: Wareh
         "per 1,000 py (95% CI)": [f"{r:.1f} ({lo:.1f}–{hi:.1f})" for r, lo, hi in
                                   zip(rates["rate_per_1000py"], rates["ci_low"], rates["ci_high"])],
     })
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(rates), "data_cutoff": str(cutoff),
-        "incidence_rates": dg.MetadataValue.md(markdown_table(shown, max_rows=40)),
-    })
+    metadata["incidence_rates"] = dg.MetadataValue.md(markdown_table(shown, max_rows=40))
+    return dg.MaterializeResult(metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------
 # Confounding control for the AI comparison
 # ---------------------------------------------------------------------------------------------
 
-PS_MEMBER_COLUMNS = (
-    "source_site, patient_key, ai_ever, age_at_index, bmi, estradiol_pg_ml, testosterone_ng_dl, vitamin_d_ng_ml, "
-    "glucocorticoid_at_index, sbmd_femoral_neck, e2_tier_at_index, scanner_manufacturer"
-)
-
 
 @dg.multi_asset(
     name="fracture_propensity",
     specs=[
-        dg.AssetSpec(
-            ["analysis", "fracture_iptw_weights"], deps=[["cohort", "members"]], **MODEL_KW,
-            description="Per member: the propensity score (probability of starting an aromatase inhibitor given "
-            "age, BMI, estradiol, testosterone, vitamin D, glucocorticoid use, femoral-neck sBMD, site and "
-            "scanner at baseline), preference score and stabilized, truncated inverse-probability weight. "
-            "Table `analysis.fracture_iptw_weights`.",
+        _table_spec(
+            "analysis.fracture_iptw_weights", [["cohort", "members"]],
+            "Per member: the propensity score (probability of starting an aromatase inhibitor given age, BMI, "
+            "estradiol, testosterone, vitamin D, glucocorticoid use, femoral-neck sBMD, site and scanner at "
+            "baseline), preference score and stabilized, truncated inverse-probability weight.",
+            "propensity_covariates",
         ),
-        dg.AssetSpec(
-            ["results", "balance"], deps=[["cohort", "members"]], **MODEL_KW,
-            description="Covariate balance between AI initiators and non-initiators before and after weighting "
-            "(standardized mean differences, |SMD| > 0.1 flagged): does weighting make the groups comparable on "
-            "what was measured at baseline? Table `results.balance`.",
+        _table_spec(
+            "results.balance", [["cohort", "members"]],
+            "Covariate balance between AI initiators and non-initiators before and after weighting (standardized "
+            "mean differences, |SMD| > 0.1 flagged): does weighting make the groups comparable on what was "
+            "measured at baseline?",
+            "propensity_covariates",
         ),
-        dg.AssetSpec(
-            ["results", "propensity_diagnostics"], deps=[["cohort", "members"]], **MODEL_KW,
-            description="Diagnostics of the AI-initiation propensity model: c-statistic, equipoise (share with "
-            "preference score 0.3-0.7), weight truncation, effective sample sizes and worst imbalance, each "
-            "judged against its threshold. Table `results.propensity_diagnostics`.",
+        _table_spec(
+            "results.propensity_diagnostics", [["cohort", "members"]],
+            "Diagnostics of the AI-initiation propensity model: c-statistic, equipoise (share with preference "
+            "score 0.3-0.7), weight truncation, effective sample sizes and worst imbalance, each judged against "
+            "its threshold.",
+            "propensity_covariates",
         ),
     ],
     partitions_def=quarter_partitions,
@@ -305,15 +324,24 @@ PS_MEMBER_COLUMNS = (
 )
 def fracture_propensity(context: dg.AssetExecutionContext, warehouse: Warehouse):
     """Propensity score for AI initiation, stabilized IPTW with truncation, balance and equipoise."""
+    import pandas as pd
+
+    from cohort.fracture import (
+        AI_EVER_GROUPS,
+        BalanceSummary,
+        DiagnosticsGate,
+        FractureModelSettings,
+        PropensityScoreModel,
+        balance_table,
+    )
+
     cutoff = quarter_cutoff(context.partition_key)
-    settings = fracture_settings()
-    threshold = _threshold()
+    protocol = load_protocol()
+    settings = FractureModelSettings.from_protocol(protocol)
+    threshold = protocol.reporting.small_cell_threshold
     gate = DiagnosticsGate(settings)
     with warehouse.get_connection() as con:
-        members = con.execute(
-            f"SELECT {PS_MEMBER_COLUMNS} FROM cohort.members WHERE data_cutoff = ? ORDER BY source_site, patient_key",
-            [cutoff],
-        ).df()
+        members = _query(con, "propensity_covariates", data_cutoff=cutoff).df()
         problem = None
         try:
             model = PropensityScoreModel.from_settings(settings).fit(members)
@@ -342,12 +370,13 @@ def fracture_propensity(context: dg.AssetExecutionContext, warehouse: Warehouse)
             "equipoise_passed": model is not None and gate.check_equipoise(check.equipoise),
             "smd_threshold": settings.smd_threshold, "equipoise_threshold": settings.equipoise_threshold,
         }])
-        _replace(con, "analysis.fracture_iptw_weights", cutoff, weights)
-        _replace(con, "results.balance", cutoff, balance)
-        _replace(con, "results.propensity_diagnostics", cutoff, diagnostics)
+        weights_metadata = _replace_rows(con, "analysis.fracture_iptw_weights", cutoff, weights)
+        balance_metadata = _write_results(con, "results.balance", cutoff, balance)
+        diagnostics_metadata = _write_results(con, "results.propensity_diagnostics", cutoff, diagnostics)
 
+    members_shown = table_count_ledger(len(weights), len(weights), threshold)  # one row per member: patients
     yield dg.MaterializeResult(asset_key=["analysis", "fracture_iptw_weights"], metadata={
-        "dagster/row_count": len(weights), "data_cutoff": str(cutoff),
+        **weights_metadata, **row_count(members_shown.get("rows")),
         "ai_initiators": suppress_count(summary["n_treated"], threshold),
         "non_initiators": suppress_count(summary["n_control"], threshold),
         "fit_method": summary["fit_method"],
@@ -360,14 +389,14 @@ def fracture_propensity(context: dg.AssetExecutionContext, warehouse: Warehouse)
         "flag (after)": balance["imbalanced_after"].map(flag),
     })
     yield dg.MaterializeResult(asset_key=["results", "balance"], metadata={
-        "dagster/row_count": len(balance), "data_cutoff": str(cutoff),
+        **balance_metadata,
         "max_abs_smd_before": float(check.max_abs_smd_before),
         "max_abs_smd_after": float(check.max_abs_smd_after),
         "balance": dg.MetadataValue.md(markdown_table(shown, max_rows=60)),
         "balance_passed": bool(diagnostics["balance_passed"].iloc[0]),
     })
     metadata = {
-        "data_cutoff": str(cutoff),
+        **diagnostics_metadata,
         "c_statistic": float(summary.get("c_statistic", float("nan"))),
         "equipoise": float(check.equipoise),
         "equipoise_passed": bool(diagnostics["equipoise_passed"].iloc[0]),
@@ -385,30 +414,27 @@ def fracture_propensity(context: dg.AssetExecutionContext, warehouse: Warehouse)
 # Cox models
 # ---------------------------------------------------------------------------------------------
 
-GATE_CHECK = "fracture_diagnostics_gate"
+COX_DEPS = [["analysis", "fracture_intervals"], ["cohort", "members"], ["analysis", "fracture_iptw_weights"]]
 
 
 @dg.multi_asset(
     name="fracture_cox_models",
     specs=[
-        dg.AssetSpec(
-            ["results", "fracture_cox"],
-            deps=[["analysis", "fracture_intervals"], ["cohort", "members"], ["analysis", "fracture_iptw_weights"],
-                  ["results", "balance"], ["results", "propensity_diagnostics"]],
-            **MODEL_KW,
-            description="Hazard ratios for first fragility fracture: the primary Cox model with time-varying "
-            "current AI use, current estradiol tier (vs 20-<40 pg/mL) and glucocorticoid use adjusted for age, "
-            "BMI and baseline femoral-neck sBMD (also with LC-MS/MS-only tiers); AI initiation (intention to treat) "
-            "weighted by IPTW, and crude; and death (cause-specific) as a secondary outcome. Every row carries "
-            "its diagnostics-gate verdict (balance, equipoise, events, MDRR). Table `results.fracture_cox`.",
+        _table_spec(
+            "results.fracture_cox", [*COX_DEPS, ["results", "balance"], ["results", "propensity_diagnostics"]],
+            "Hazard ratios for first fragility fracture: the primary Cox model with time-varying current AI use, "
+            "current estradiol tier (vs 20-<40 pg/mL) and glucocorticoid use adjusted for age, BMI and baseline "
+            "femoral-neck sBMD (also with LC-MS/MS-only tiers); AI initiation (intention to treat) weighted by IPTW, "
+            "and crude; and death (cause-specific) as a secondary outcome. Every row carries its diagnostics-gate "
+            "verdict (balance, equipoise, events, MDRR).",
+            "fracture_cox_members", "fracture_cox_intervals",
         ),
-        dg.AssetSpec(
-            ["results", "fracture_ph_tests"],
-            deps=[["analysis", "fracture_intervals"], ["cohort", "members"], ["analysis", "fracture_iptw_weights"]],
-            **MODEL_KW,
-            description="Proportional-hazards diagnostics of every Cox model: scaled Schoenfeld residual tests per "
-            "term (rank time transform, as lifelines; configurable). A small p-value means that term's hazard ratio changes over "
-            "follow-up. Table `results.fracture_ph_tests`.",
+        _table_spec(
+            "results.fracture_ph_tests", COX_DEPS,
+            "Proportional-hazards diagnostics of every Cox model: scaled Schoenfeld residual tests per term (rank "
+            "time transform, as lifelines; configurable). A small p-value means that term's hazard ratio changes "
+            "over follow-up.",
+            "fracture_cox_members", "fracture_cox_intervals",
         ),
     ],
     check_specs=[dg.AssetCheckSpec(
@@ -422,36 +448,37 @@ GATE_CHECK = "fracture_diagnostics_gate"
 )
 def fracture_cox_models(context: dg.AssetExecutionContext, warehouse: Warehouse):
     """Cox models of time to first fragility fracture (and death), with the diagnostics gate."""
+    import numpy as np
+    import pandas as pd
+
+    from cohort.fracture import (
+        ADJUSTED_TERMS,
+        E2_TIER_ORDER,
+        EVENT_ORDER,
+        BalanceSummary,
+        FractureModelSettings,
+        counting_process_frame,
+        fit_cox,
+        fit_iptw_cox,
+        fracture_cox_table,
+        intervals_from_codes,
+        ph_tests_table,
+    )
+
     cutoff = quarter_cutoff(context.partition_key)
-    settings = fracture_settings()
-    threshold = _threshold()
+    protocol = load_protocol()
+    settings = FractureModelSettings.from_protocol(protocol)
+    threshold = protocol.reporting.small_cell_threshold
     with warehouse.get_connection() as con:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE model_members AS "
-            "SELECT (row_number() OVER (ORDER BY m.source_site, m.patient_key) - 1)::INTEGER AS patient_id, "
-            "m.source_site, m.patient_key, m.age_at_index, m.bmi, m.sbmd_femoral_neck, m.ai_ever, w.iptw "
-            "FROM cohort.members m LEFT JOIN analysis.fracture_iptw_weights w "
-            "ON w.data_cutoff = m.data_cutoff AND w.source_site = m.source_site AND w.patient_key = m.patient_key "
-            "WHERE m.data_cutoff = ?", [cutoff]
-        )
-        members = con.execute(
-            "SELECT patient_id, age_at_index, bmi, sbmd_femoral_neck, ai_ever, iptw FROM model_members ORDER BY patient_id"
-        ).df()
-        tiers = ", ".join(f"'{t}'" for t in E2_TIER_ORDER)
-        raw = con.execute(
-            f"SELECT p.patient_id, i.start_day, i.stop_day, i.ai_current, i.ai_ever, i.glucocorticoid_current, "
-            f"(list_position([{tiers}], i.e2_tier) - 1)::TINYINT AS e2_code, "
-            f"(list_position([{tiers}], i.e2_tier_lcms) - 1)::TINYINT AS e2_lcms_code, "
-            f"(CASE i.event WHEN 'fracture' THEN 1 WHEN 'death' THEN 2 ELSE 0 END)::TINYINT AS event_code "
-            f"FROM analysis.fracture_intervals i JOIN model_members p USING (source_site, patient_key) "
-            f"WHERE i.data_cutoff = ? ORDER BY p.patient_id, i.start_day", [cutoff]
-        ).fetchnumpy()
+        members = _query(con, "fracture_cox_members", data_cutoff=cutoff).df()
+        coded = _query(con, "fracture_cox_intervals", data_cutoff=cutoff, e2_tiers=list(E2_TIER_ORDER),
+                       events=EVENT_ORDER).fetchnumpy()
         balance = con.execute("SELECT * FROM results.balance WHERE data_cutoff = ?", [cutoff]).df()
         ps = con.execute(
             "SELECT equipoise FROM results.propensity_diagnostics WHERE data_cutoff = ? AND comparison = 'ai_ever'",
             [cutoff]).fetchone()
-    intervals = _intervals_frame(raw)
-    del raw
+    intervals = intervals_from_codes(coded)
+    del coded
     fit = dict(alpha=settings.alpha, ph_time_transforms=(settings.ph_time_transform,))
     results, seconds = [], {}
     clock = time.monotonic()
@@ -490,8 +517,8 @@ def fracture_cox_models(context: dg.AssetExecutionContext, warehouse: Warehouse)
     cox = fracture_cox_table(results, summary, settings)
     ph = ph_tests_table(results)
     with warehouse.get_connection() as con:
-        _replace(con, "results.fracture_cox", cutoff, cox)
-        _replace(con, "results.fracture_ph_tests", cutoff, ph)
+        cox_metadata = _write_results(con, "results.fracture_cox", cutoff, cox)
+        ph_metadata = _write_results(con, "results.fracture_ph_tests", cutoff, ph)
 
     shown = pd.DataFrame({
         "model": cox["model"],
@@ -501,12 +528,12 @@ def fracture_cox_models(context: dg.AssetExecutionContext, warehouse: Warehouse)
         "PH test p": cox["ph_p_value"].map(_fmt_p),
         "events": cox["n_events"].map(lambda n: suppress_count(n, threshold)),
         "events exposed": cox["n_events_exposed"].map(lambda n: suppress_count(n, threshold)),
-        "diagnostics": ["passed" if ok else f"**FAILED**: {notes}"
+        "diagnostics": ["passed" if ok else f"**FAILED**: {_suppress_counts_in_text(notes, threshold)}"
                         for ok, notes in zip(cox["diagnostics_passed"], cox["diagnostics_notes"])],
     })
     primary = cox[cox["model"].isin(["time_varying_adjusted", "iptw_itt", "crude_itt"])]
     metadata = {
-        "dagster/row_count": len(cox), "data_cutoff": str(cutoff),
+        **cox_metadata,
         "hazard_ratios": dg.MetadataValue.md(markdown_table(shown, max_rows=60)),
         "results_failing_diagnostics": int((~cox["diagnostics_passed"]).sum()),
         "seconds": dg.MetadataValue.json(seconds),
@@ -517,7 +544,7 @@ def fracture_cox_models(context: dg.AssetExecutionContext, warehouse: Warehouse)
                           f"Fragility fracture hazard ratios, cutoff {cutoff}"), "Hazard ratios")
     yield dg.MaterializeResult(asset_key=["results", "fracture_cox"], metadata=metadata)
     yield dg.MaterializeResult(asset_key=["results", "fracture_ph_tests"], metadata={
-        "dagster/row_count": len(ph), "data_cutoff": str(cutoff),
+        **ph_metadata,
         "ph_tests": dg.MetadataValue.md(markdown_table(
             ph[ph["time_transform"] == settings.ph_time_transform].assign(
                 p_value=lambda f: f["p_value"].map(_fmt_p), test_statistic=lambda f: f["test_statistic"].round(2)),
@@ -528,53 +555,15 @@ def fracture_cox_models(context: dg.AssetExecutionContext, warehouse: Warehouse)
     yield dg.AssetCheckResult(
         check_name=GATE_CHECK, asset_key=["results", "fracture_cox"], passed=failing.empty,
         severity=dg.AssetCheckSeverity.WARN,
-        description="AI results pass the diagnostics gate" if failing.empty else
-        "; ".join(f"{r.model}/{r.term}: {r.diagnostics_notes}" for r in failing.itertuples()),
+        description="AI results pass the diagnostics gate" if failing.empty else _suppress_counts_in_text(
+            "; ".join(f"{r.model}/{r.term}: {r.diagnostics_notes}" for r in failing.itertuples()), threshold),
         metadata={"failing_results": len(failing)},
     )
 
 
-def _intervals_frame(raw: dict) -> pd.DataFrame:
-    """Interval columns from DuckDB as the frames cohort.fracture expects (tiers and events as pandas
-    Categoricals built from integer codes: no per-row strings)."""
-    tiers = list(E2_TIER_ORDER)
-
-    def boolean(values):
-        values = np.ma.filled(values, False) if np.ma.isMaskedArray(values) else values
-        return np.asarray(values, dtype=bool)
-
-    def codes(values, fill):
-        values = np.ma.filled(values, fill) if np.ma.isMaskedArray(values) else values
-        return np.asarray(values, dtype=np.int8)
-
-    return pd.DataFrame({
-        "patient_id": np.asarray(raw["patient_id"]),
-        "start_day": np.asarray(raw["start_day"]),
-        "stop_day": np.asarray(raw["stop_day"]),
-        "ai_current": boolean(raw["ai_current"]),
-        "ai_ever": boolean(raw["ai_ever"]),
-        "glucocorticoid_current": boolean(raw["glucocorticoid_current"]),
-        "e2_tier": pd.Categorical.from_codes(codes(raw["e2_code"], tiers.index("unknown")), categories=tiers),
-        "e2_tier_lcms": pd.Categorical.from_codes(codes(raw["e2_lcms_code"], tiers.index("unknown")), categories=tiers),
-        "event": pd.Categorical.from_codes(codes(raw["event_code"], 0), categories=EVENT_CATEGORIES),
-    })
-
-
 # =============================================================================================
 # BMD change (issue 7): linear mixed models of log sBMD per skeletal site (cohort/bmd.py).
-# Tables results.bmd_change and results.bmd_trajectory; DDL sql/models/bmd_change.sql,
-# sql/models/bmd_trajectory.sql.
 # =============================================================================================
-
-
-BMD_ROWS_SQL = """
-SELECT dense_rank() OVER (ORDER BY source_site, patient_key)::INTEGER AS patient_id, source_site, manufacturer,
-       years_since_baseline, log_sbmd, years_on_ai, years_e2_lt10, years_e2_10_20, years_e2_ge40, years_e2_unknown,
-       years_e2_lcms_lt10, years_e2_lcms_10_20, years_e2_lcms_ge40, years_e2_lcms_unknown,
-       age_at_index, bmi
-FROM analysis.bmd_long WHERE data_cutoff = ? AND skeletal_site = ?
-ORDER BY patient_id, scan_date
-"""
 
 
 class BmdModelConfig(dg.Config):
@@ -585,50 +574,32 @@ class BmdModelConfig(dg.Config):
     blas_threads: int = 1  # 0: the BLAS library's default (see cohort.bmd.BmdChangeModel)
 
 
-def _write_bmd_table(con, table: str, cutoff, frame: pd.DataFrame) -> None:
-    """Replace the cutoff's rows of `table` (DDL in sql/models/<name>.sql) with `frame`, atomically."""
-    con.execute(sql_text(f"models/{table.split('.')[1]}"))
-    con.register("bmd_result_frame", frame.assign(data_cutoff=cutoff))
-    try:
-        con.execute("BEGIN TRANSACTION")
-        con.execute(f"DELETE FROM {table} WHERE data_cutoff = ?", [cutoff])
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM bmd_result_frame")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("bmd_result_frame")
-
-
-def _bmd_image(figure, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}]({png_data_uri(figure_png(figure))})")
-
-
-def _fmt_pct_ci(estimate, low, high) -> str:
-    if estimate is None or not np.isfinite(estimate):
-        return "not estimable"
-    return f"{estimate:+.2f} ({low:+.2f} to {high:+.2f})"
+def bmd_rows(con, cutoff, site: str):
+    """One skeletal site's scans at the data cutoff, as the mixed models read them (also timed by
+    bench/bench_bmd.py)."""
+    return _query(con, "bmd_rows", data_cutoff=cutoff, skeletal_site=site).df()
 
 
 @dg.multi_asset(
     name="bmd_change_models",
     specs=[
-        dg.AssetSpec(
-            ["results", "bmd_change"], deps=[["analysis", "bmd_long"]], **MODEL_KW,
-            description="Does bone thin faster while a man is on an aromatase inhibitor, or while his estradiol is "
-            "low? Per skeletal site (lumbar spine, femoral neck, total hip), a linear mixed model of log standardized "
-            "BMD over time gives the difference in annual BMD change (% per year, 95% CI, p) for current AI vs none "
-            "and for each estradiol tier vs 20-<40 pg/mL, adjusted for baseline age and BMI (and their effect on the "
-            "rate of change), scanner manufacturer and site of care, with each man's own baseline and rate (random "
-            "intercept and slope, REML). Also an LC-MS/MS-only sensitivity analysis and the crude AI contrast. A model "
-            "that does not converge fails this asset. Table `results.bmd_change`.",
+        _table_spec(
+            "results.bmd_change", [["analysis", "bmd_long"]],
+            "Does bone thin faster while a man is on an aromatase inhibitor, or while his estradiol is low? Per "
+            "skeletal site (lumbar spine, femoral neck, total hip), a linear mixed model of log standardized BMD over "
+            "time gives the difference in annual BMD change (% per year, 95% CI, p) for current AI vs none and for "
+            "each estradiol tier vs 20-<40 pg/mL, adjusted for baseline age and BMI (and their effect on the rate of "
+            "change), scanner manufacturer and site of care, with each man's own baseline and rate (random intercept "
+            "and slope, REML). Also an LC-MS/MS-only sensitivity analysis and the crude AI contrast. A model that "
+            "does not converge fails this asset.",
+            "bmd_rows",
         ),
-        dg.AssetSpec(
-            ["results", "bmd_trajectory"], deps=[["analysis", "bmd_long"]], **MODEL_KW,
-            description="Model-predicted mean change in BMD from baseline (%, 95% CI) year by year for men on and off "
-            "an AI and in each estradiol tier, at reference age and BMI, from the primary models of "
-            "results/bmd_change: the report's trajectory plot. Table `results.bmd_trajectory`.",
+        _table_spec(
+            "results.bmd_trajectory", [["analysis", "bmd_long"]],
+            "Model-predicted mean change in BMD from baseline (%, 95% CI) year by year for men on and off an AI and "
+            "in each estradiol tier, at reference age and BMI, from the primary models of results/bmd_change: the "
+            "report's trajectory plot.",
+            "bmd_rows",
         ),
     ],
     partitions_def=quarter_partitions,
@@ -638,6 +609,10 @@ def _fmt_pct_ci(estimate, low, high) -> str:
 def bmd_change_models(context: dg.AssetExecutionContext, config: BmdModelConfig, warehouse: Warehouse):
     """Mixed models of BMD change per skeletal site (primary, LC-MS/MS-only tiers, crude) and the
     trajectories they predict. Non-convergence raises ConvergenceError naming site and analysis."""
+    import pandas as pd
+
+    from cohort.bmd import SKELETAL_SITES, fit_bmd_models, term_labels, tier_group_labels
+
     cutoff = quarter_cutoff(context.partition_key)
     protocol = load_protocol()
     threshold = protocol.reporting.small_cell_threshold
@@ -647,16 +622,14 @@ def bmd_change_models(context: dg.AssetExecutionContext, config: BmdModelConfig,
         con.execute(sql_text("cohort/schema"))  # analysis.bmd_long exists even before the cohort stage ran
 
         def site_rows(site):
-            return lambda: con.execute(BMD_ROWS_SQL, [cutoff, site]).df()
+            return lambda: bmd_rows(con, cutoff, site)
 
-        fits = fit_bmd_models([(site, site_rows(site)) for site in BMD_SITES], tier_labels=tier_group_labels(bounds),
-                              keep_models=False, maxiter=config.maxiter, gtol=config.gtol,
-                              blas_threads=config.blas_threads or None)
-        _write_bmd_table(con, "results.bmd_change", cutoff, fits.change)
-        _write_bmd_table(con, "results.bmd_trajectory", cutoff, fits.trajectory)
-        change_schema = column_schema(con, "results.bmd_change")
-        trajectory_schema = column_schema(con, "results.bmd_trajectory")
-    for (site, analysis), why in fits.not_estimable.items():
+        fits = fit_bmd_models([(site, site_rows(site)) for site in SKELETAL_SITES],
+                              tier_labels=tier_group_labels(bounds), keep_models=False, maxiter=config.maxiter,
+                              gtol=config.gtol, blas_threads=config.blas_threads or None)
+        change_metadata = _write_results(con, "results.bmd_change", cutoff, fits.change)
+        trajectory_metadata = _write_results(con, "results.bmd_trajectory", cutoff, fits.trajectory)
+    for why in fits.not_estimable.values():
         context.log.warning(f"BMD model not fitted: {why}")
     change, trajectory = fits.change, fits.trajectory
 
@@ -685,47 +658,40 @@ def bmd_change_models(context: dg.AssetExecutionContext, config: BmdModelConfig,
         "terms dropped": models["terms_dropped"], "fit s": models["fit_seconds"].round(2),
     })
     metadata = {
-        "dagster/row_count": len(change), "data_cutoff": str(cutoff),
-        "dagster/column_schema": change_schema,
+        **change_metadata,
         "bmd_change": dg.MetadataValue.md(markdown_table(shown, max_rows=60)),
         "model_diagnostics": dg.MetadataValue.md(markdown_table(diagnostics, max_rows=20)),
         "converged": bool(change["converged"].all()) if len(change) else True,
         "models_fitted": len(models),
     }
-    for site in BMD_SITES:
+    for site in SKELETAL_SITES:
         part = models[(models["skeletal_site"] == site) & (models["analysis"] == "primary")]
         metadata[f"patients_{site}"] = suppress_count(int(part["n_patients"].iloc[0]), threshold) if len(part) else "0"
     if fits.not_estimable:
         metadata["not_estimable"] = dg.MetadataValue.md(
-            "\n".join(f"- {why}" for why in fits.not_estimable.values()))
+            "\n".join(f"- {_suppress_counts_in_text(why, threshold)}" for why in fits.not_estimable.values()))
     if len(change):
-        metadata["forest_plot"] = _bmd_image(
+        metadata["forest_plot"] = _image(
             bmd_forest_figure(change, f"BMD change by exposure, % per year (hollow: sensitivity / crude), {cutoff}",
                               labels), "BMD change forest plot")
     for (site, analysis), model in fits.models.items():
         if analysis == "primary":
             residuals = model.residuals_
-            metadata[f"residuals_{site}"] = _bmd_image(
+            metadata[f"residuals_{site}"] = _image(
                 bmd_residual_figure(residuals["fitted"], residuals["std_residual"],
                                     f"{BMD_SITE_LABELS.get(site, site)}: conditional residuals, primary model"),
                 f"Residual checks {site}")
     yield dg.MaterializeResult(asset_key=["results", "bmd_change"], metadata=metadata)
 
     slopes = trajectory.drop_duplicates(["skeletal_site", "exposure_group"])
-    trajectory_metadata = {
-        "dagster/row_count": len(trajectory), "data_cutoff": str(cutoff),
-        "dagster/column_schema": trajectory_schema,
-        "annual_change": dg.MetadataValue.md(markdown_table(pd.DataFrame({
-            "site": slopes["skeletal_site"].map(lambda s: BMD_SITE_LABELS.get(s, s)),
-            "group": slopes["group_label"],
-            "% per year (95% CI)": [_fmt_pct_ci(r.pct_per_year, r.pct_per_year_ci_low, r.pct_per_year_ci_high)
-                                    for r in slopes.itertuples()],
-        }), max_rows=40)),
-    }
+    trajectory_metadata["annual_change"] = dg.MetadataValue.md(markdown_table(pd.DataFrame({
+        "site": slopes["skeletal_site"].map(lambda s: BMD_SITE_LABELS.get(s, s)),
+        "group": slopes["group_label"],
+        "% per year (95% CI)": [_fmt_pct_ci(r.pct_per_year, r.pct_per_year_ci_low, r.pct_per_year_ci_high)
+                                for r in slopes.itertuples()],
+    }), max_rows=40))
     if len(trajectory):
-        from cohort.figures import bmd_trajectory_figure
-
         frame = trajectory.rename(columns={"mean_pct_change": "mean"})
-        trajectory_metadata["trajectory_plot"] = _bmd_image(
+        trajectory_metadata["trajectory_plot"] = _image(
             bmd_trajectory_figure(frame, f"Model-predicted BMD change from baseline, {cutoff}"), "BMD trajectories")
     yield dg.MaterializeResult(asset_key=["results", "bmd_trajectory"], metadata=trajectory_metadata)

@@ -90,13 +90,13 @@ def per_site_breakdown(database: Path, blas_threads: int | None) -> list[dict]:
     """The asset's steps one by one (same SQL, same functions), timed per site and analysis."""
     import duckdb
 
-    from assets.models import BMD_ROWS_SQL
+    from assets.models import bmd_rows
     from cohort.bmd import ANALYSES, SKELETAL_SITES, BmdChangeModel, build_design, prepare_rows
 
     out = []
     with duckdb.connect(str(database), read_only=True) as con:
         for site in SKELETAL_SITES:
-            rows, load = measured(lambda: prepare_rows(con.execute(BMD_ROWS_SQL, [CUTOFF, site]).df()))
+            rows, load = measured(lambda: prepare_rows(bmd_rows(con, CUTOFF, site)))
             entry = {"site": site, "scans": len(rows), "load": load, "analyses": {}}
             total_wall, total_cpu = load["wall_seconds"], load["cpu_seconds"]
             for analysis in ANALYSES:
@@ -126,12 +126,12 @@ def statsmodels_ratio(database: Path, sizes: list[int], seed: int, blas_threads:
     """Primary lumbar-spine model on a random subset of N patients: ours vs fit_statsmodels_reference."""
     import duckdb
 
-    from assets.models import BMD_ROWS_SQL
+    from assets.models import bmd_rows
     from cohort.bmd import BmdChangeModel, limit_blas_threads
     from cohort.mixed_model import ConvergenceError, fit_statsmodels_reference
 
     with duckdb.connect(str(database), read_only=True) as con:
-        rows = con.execute(BMD_ROWS_SQL, [CUTOFF, "lumbar_spine"]).df()
+        rows = bmd_rows(con, CUTOFF, "lumbar_spine")
     ids = rows["patient_id"].unique()
     out = []
     for n in sizes:

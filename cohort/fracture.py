@@ -17,6 +17,7 @@ Confounding control for the AI comparison (ever-AI vs never, baseline covariates
   balance_table                    standardized mean differences before / after weighting
 
 Cox models (on analysis.fracture_intervals)
+  intervals_from_codes             interval rows from the integer-coded columns the models stage reads
   counting_process_frame           model rows: terms built, baseline covariates joined, complete cases,
                                    adjacent rows with identical covariates merged (exact)
   fit_cox                          Efron Cox (cohort.survival.TimeVaryingCox) on such rows, fracture or
@@ -27,7 +28,7 @@ Cox models (on analysis.fracture_intervals)
                                    robust SE, or crude
   DiagnosticsGate                  CohortMethod-style pass/fail: balance, equipoise, events, MDRR
   fracture_cox_table, ph_tests_table   results.fracture_cox / results.fracture_ph_tests rows
-  FractureModelSettings            every threshold and choice above, with defaults
+  FractureModelSettings            every threshold and choice above, with defaults (or the protocol's)
 
 Covariate scaling matches the generator's truth.json: age per 10 years, BMI per 5 kg/m2, baseline
 femoral-neck sBMD per 0.1 g/cm2 (centred at 65 years, 28 kg/m2, 0.8 g/cm2; centring changes no HR).
@@ -93,6 +94,7 @@ BASELINE_TERMS = {
 ADJUSTED_TERMS = ("ai_current", *E2_TERMS, "glucocorticoid_current", *BASELINE_TERMS)
 AI_TERMS = ("ai_current", "ai_ever")
 EVENT_CODES = {"censored": 0, "fracture": 1, "death": 2}
+EVENT_ORDER = sorted(EVENT_CODES, key=EVENT_CODES.get)  # event names by code
 
 
 @contextlib.contextmanager
@@ -159,6 +161,12 @@ class FractureModelSettings:
             raise ValueError("equipoise_bounds must lie in [0, 1], low < high")
         if self.smd_threshold <= 0 or self.min_events < 0 or self.mdrr_threshold <= 1 or not 0 < self.alpha < 1:
             raise ValueError("smd_threshold > 0, min_events >= 0, mdrr_threshold > 1 and 0 < alpha < 1 required")
+
+    @classmethod
+    def from_protocol(cls, protocol) -> FractureModelSettings:
+        """The settings of a study protocol (cohort.protocol.Protocol): its [fracture_models] section."""
+        values = protocol.fracture_models.model_dump()
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -697,6 +705,35 @@ def collapse_intervals(
     first = np.flatnonzero(np.r_[True, ~same])
     last = np.r_[first[1:] - 1, len(patient) - 1]
     return patient[first], start[first], stop[last], event[last], X[first]
+
+
+def intervals_from_codes(columns: dict) -> pd.DataFrame:
+    """analysis.fracture_intervals rows as counting_process_frame reads them, from the integer-coded
+    columns of sql/models/inputs/fracture_cox_intervals.sql (as `fetchnumpy` returns them: NULLs
+    masked). Tiers and events become Categoricals built from their codes, with no string per row; a
+    missing tier is unknown, a missing flag false."""
+
+    def filled(values, fill, dtype):
+        values = np.ma.filled(values, fill) if np.ma.isMaskedArray(values) else values
+        return np.asarray(values, dtype=dtype)
+
+    tiers = list(E2_TIER_ORDER)
+
+    def tier(values):
+        return pd.Categorical.from_codes(filled(values, tiers.index("unknown"), np.int8), categories=tiers)
+
+    return pd.DataFrame({
+        "patient_id": np.asarray(columns["patient_id"]),
+        "start_day": np.asarray(columns["start_day"]),
+        "stop_day": np.asarray(columns["stop_day"]),
+        "ai_current": filled(columns["ai_current"], False, bool),
+        "ai_ever": filled(columns["ai_ever"], False, bool),
+        "glucocorticoid_current": filled(columns["glucocorticoid_current"], False, bool),
+        "e2_tier": tier(columns["e2_code"]),
+        "e2_tier_lcms": tier(columns["e2_lcms_code"]),
+        "event": pd.Categorical.from_codes(filled(columns["event_code"], EVENT_CODES["censored"], np.int8),
+                                           categories=EVENT_ORDER),
+    })
 
 
 @dataclass

@@ -492,3 +492,22 @@ def test_empty_cutoff_writes_no_rows_and_succeeds(tmp_path, simulated):
     assert result.success
     with duckdb.connect(str(database), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM results.bmd_change").fetchone()[0] == 0
+
+
+def test_not_estimable_site_is_listed_with_suppressed_counts(tmp_path, simulated):
+    from assets.models import bmd_change_models
+    from pipelines.resources import Warehouse
+
+    database = tmp_path / "warehouse.duckdb"
+    few = simulated[(simulated["skeletal_site"] == "lumbar_spine") & (simulated["patient_key"] < "P00008")]
+    _small_warehouse(database, few[few["years_since_baseline"] == 0])  # 8 patients, baseline scans only
+    result = dg.materialize([bmd_change_models], partition_key=PARTITION,
+                            resources={"warehouse": Warehouse(database=str(database))},
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    metadata = {tuple(e.asset_key.path): e.materialization.metadata
+                for e in result.get_asset_materialization_events()}[("results", "bmd_change")]
+    listed = metadata["not_estimable"].value
+    assert "'primary' for lumbar_spine is not estimable (<11 patients, <11 scans)" in listed
+    assert "8 patients" not in listed and "8 scans" not in listed
+    assert metadata["patients_lumbar_spine"].value == "0" and metadata["dagster/row_count"].value == 0

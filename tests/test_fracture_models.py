@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -499,6 +500,70 @@ def test_diagnostics_gate_events_equipoise_and_mdrr():
         FractureModelSettings(truncation_percentiles=(99, 1))
 
 
+# ------------------------------------------------------------------------------ the assets' pure parts
+
+
+def test_intervals_from_codes_builds_categoricals_and_fills_nulls():
+    codes = {
+        "patient_id": np.array([0, 0, 1]), "start_day": np.array([0, 30, 0]), "stop_day": np.array([30, 90, 45]),
+        "ai_current": np.ma.array([False, True, True], mask=[False, False, True]),
+        "ai_ever": np.array([False, True, False]), "glucocorticoid_current": np.array([False, False, True]),
+        "e2_code": np.ma.array([0, 2, 0], mask=[False, False, True], dtype=np.int8),
+        "e2_lcms_code": np.array([4, 3, 1], dtype=np.int8),
+        "event_code": np.ma.array([0, 1, 2], mask=[False, False, True], dtype=np.int8),
+    }
+    frame = F.intervals_from_codes(codes)
+    assert frame["e2_tier"].tolist() == ["lt10", "20_40", "unknown"]  # NULL tier: unknown
+    assert frame["e2_tier_lcms"].tolist() == ["unknown", "ge40", "10_20"]
+    assert frame["event"].tolist() == ["censored", "fracture", "censored"]  # NULL event: censored
+    assert frame["ai_current"].tolist() == [False, True, False] and frame["ai_current"].dtype == bool
+    assert F.EVENT_ORDER == ["censored", "fracture", "death"]
+    # what counting_process_frame makes of them equals what it makes of the same rows as strings
+    members = pd.DataFrame({"patient_id": [0, 1], "age_at_index": [60.0, 70.0], "bmi": [27.0, 31.0],
+                            "sbmd_femoral_neck": [0.8, 0.7]})
+    as_strings = frame.assign(e2_tier=frame["e2_tier"].astype(str), event=frame["event"].astype(str))
+    a = F.counting_process_frame(frame, members, F.ADJUSTED_TERMS, id_columns=["patient_id"])
+    b = F.counting_process_frame(as_strings, members, F.ADJUSTED_TERMS, id_columns=["patient_id"])
+    pd.testing.assert_frame_equal(a.data, b.data)
+
+
+def test_fracture_settings_come_from_the_protocol():
+    from cohort.protocol import load_protocol
+
+    protocol = load_protocol()
+    settings = FractureModelSettings.from_protocol(protocol)
+    section = protocol.fracture_models
+    assert settings.truncation_percentiles == tuple(section.truncation_percentiles)
+    assert settings.equipoise_bounds == tuple(section.equipoise_bounds)
+    assert (settings.min_events, settings.ph_time_transform) == (section.min_events, section.ph_time_transform)
+    changed = protocol.model_copy(update={"fracture_models": section.model_copy(update={"min_events": 25})})
+    assert FractureModelSettings.from_protocol(changed).min_events == 25
+
+
+def test_counts_in_estimator_messages_are_suppressed_in_metadata_text():
+    from assets.models import _suppress_counts_in_text
+
+    shown = _suppress_counts_in_text(
+        "not estimable (covariate 'e2_unknown' equals 1 for all 3 events); fewer than 10 events while exposed; "
+        "MDRR 18 > 10; lumbar_spine (8 patients, 1,250 scans); 11 patients; 0 events", 11)
+    assert "all <11 events" in shown and "(<11 patients, 1,250 scans)" in shown
+    assert "fewer than 10 events" in shown and "MDRR 18 > 10" in shown and "equals 1 for" in shown
+    assert "; 11 patients; 0 events" in shown
+
+
+def test_code_location_imports_no_estimator_or_plotting_library():
+    """Dagster loads the code location by importing it: the models stage must not pull in scipy, pandas,
+    matplotlib, statsmodels or lifelines at import time (they cost seconds)."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy", "pandas", "matplotlib", "statsmodels", "lifelines")
+    code = f"import sys, assets.models; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).parents[1])).stdout
+    assert out.strip() == "[]", out
+
+
 # ------------------------------------------------------------------------------ the real pipeline
 
 
@@ -602,3 +667,50 @@ def test_materializations_show_hazard_ratios_curves_and_flags(generated_run):
     for line in rates.splitlines()[2:]:
         fractures = line.split("|")[3].strip()
         assert fractures == "<11" or fractures == "0" or int(fractures.replace(",", "")) >= 11, line
+
+
+def test_result_tables_declare_the_columns_they_are_written_with(generated_run):
+    """Every table asset of the models stage shows its columns before any materialization (from the DDL,
+    described as in the warehouse), names SQL files that exist, and its materializations show the same
+    columns as written."""
+    import dagster as dg
+
+    from assets import models
+    from cohort.settings import SQL_DIR
+
+    _, _, _, instance = generated_run
+    specs = [spec for definition in dg.load_assets_from_modules([models]) for spec in definition.specs]
+    assert len(specs) == 11
+    for spec in specs:
+        declared = spec.metadata["dagster/column_schema"]
+        assert isinstance(declared, dg.TableSchema) and declared.columns, spec.key
+        assert all(c.description for c in declared.columns), spec.key
+        files = spec.description.split("SQL: ")[1].rstrip(".").split(", ")
+        assert files[-1] == f"`sql/models/{spec.key.path[-1]}.sql`", spec.key
+        assert all((SQL_DIR.parent / f.strip("`")).is_file() for f in files), files
+        written = instance.get_latest_materialization_event(spec.key).asset_materialization.metadata
+        assert [(c.name, c.type) for c in written["dagster/column_schema"].value.columns] == \
+            [(c.name, c.type) for c in declared.columns], spec.key
+
+
+def test_materialization_counts_of_people_are_suppressed(generated_run):
+    """Counts of people, events and scans in metadata are suppressed text; dagster/row_count counts
+    result rows, except for the per-member weights, where it is shown only when not small."""
+    import dagster as dg
+
+    from cohort.display import suppress_count
+    from tests.conftest import query
+
+    settings, _, _, instance = generated_run
+    weights = instance.get_latest_materialization_event(
+        dg.AssetKey(["analysis", "fracture_iptw_weights"])).asset_materialization.metadata
+    (members,) = query(settings, "SELECT count(*) FROM analysis.fracture_iptw_weights")[0]
+    assert members >= 11 and weights["dagster/row_count"].value == members
+    treated, control = query(settings, "SELECT count(*) FILTER (ai_ever), count(*) FILTER (NOT ai_ever) "
+                                       "FROM analysis.fracture_iptw_weights")[0]
+    assert weights["ai_initiators"].value == suppress_count(treated)
+    assert weights["non_initiators"].value == suppress_count(control)
+    km = instance.get_latest_materialization_event(dg.AssetKey(["results", "km_curves_e2_tier"]))
+    for line in km.asset_materialization.metadata["fractures"].value.splitlines()[2:]:
+        for cell in line.split("|")[2:4]:
+            assert cell.strip() in ("0", "<11") or int(cell.strip().replace(",", "")) >= 11, line
