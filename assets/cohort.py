@@ -5,13 +5,23 @@ sql/cohort/protocol.toml."""
 import dagster as dg
 
 from cohort.dictionary import apply_column_docs
-from cohort.display import markdown_table, suppress_count
+from cohort.display import markdown_image, markdown_table
 from cohort.sql import run_sql, sql_text
-from pipelines.metadata import column_schema, preview
+from pipelines.metadata import (
+    attrition_flow,
+    cohort_ledger,
+    column_schema,
+    preview,
+    row_count,
+    sql_description,
+    table_count_ledger,
+    table_metadata,
+)
 from pipelines.partitions import quarter_cutoff, quarter_partitions
 from pipelines.resources import StudyProtocol, Warehouse
 
 ALL_DELIVERIES = dg.AllPartitionMapping()
+COHORT_KW = dict(group_name="cohort", kinds={"duckdb", "sql"}, owners=["team:epidemiology"])
 
 
 def _staging(table: str) -> dg.AssetDep:
@@ -20,25 +30,24 @@ def _staging(table: str) -> dg.AssetDep:
 
 def _build(
     context: dg.AssetExecutionContext, warehouse: Warehouse, protocol: StudyProtocol, sql_name: str, table: str
-) -> dg.MaterializeResult:
-    """Run one cohort SQL file for the partition's data cutoff and describe the table it filled."""
+) -> tuple[dict, int, int, int]:
+    """Run one cohort SQL file for the partition's data cutoff; returns the metadata describing the
+    table it filled (without counts), its rows and patients at the cutoff, and the small-cell threshold."""
     cutoff = quarter_cutoff(context.partition_key)
-    variables = protocol.load().sql_variables()
+    settings = protocol.load()
     with warehouse.get_connection() as con:
         con.execute(sql_text("cohort/schema"))
-        run_sql(con, f"cohort/{sql_name}", data_cutoff=cutoff, **variables)
+        run_sql(con, f"cohort/{sql_name}", data_cutoff=cutoff, **settings.sql_variables())
         apply_column_docs(con)
         rows, patients = con.execute(
             f"SELECT count(*), count(DISTINCT (source_site, patient_key)) FROM {table} WHERE data_cutoff = ?", [cutoff]
         ).fetchone()
         metadata = {
-            "dagster/row_count": rows,
-            "patients": suppress_count(patients),
             "data_cutoff": str(cutoff),
             "dagster/column_schema": column_schema(con, table),
             "preview": preview(con, table, "data_cutoff = ?", [cutoff]),
         }
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata, rows, patients, settings.reporting.small_cell_threshold
 
 
 def cohort_table_asset(key: list[str], sql_name: str, deps: list, description: str) -> dg.AssetsDefinition:
@@ -46,16 +55,19 @@ def cohort_table_asset(key: list[str], sql_name: str, deps: list, description: s
 
     @dg.asset(
         key=key,
-        group_name="cohort",
-        kinds={"duckdb", "sql"},
-        owners=["team:epidemiology"],
+        **COHORT_KW,
         partitions_def=quarter_partitions,
         deps=deps,
         pool="duckdb",
-        description=f"{description} Table `{table}`; SQL `sql/cohort/{sql_name}.sql`.",
+        metadata=table_metadata(table),
+        description=sql_description(description, table, f"cohort/{sql_name}"),
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse, protocol: StudyProtocol) -> dg.MaterializeResult:
-        return _build(context, warehouse, protocol, sql_name, table)
+        metadata, rows, patients, threshold = _build(context, warehouse, protocol, sql_name, table)
+        ledger = table_count_ledger(rows, patients, threshold)
+        return dg.MaterializeResult(
+            metadata={**row_count(ledger.get("rows")), "patients": ledger.text("patients"), **metadata}
+        )
 
     return _asset
 
@@ -93,24 +105,27 @@ bmd_long = cohort_table_asset(
     specs=[
         dg.AssetSpec(
             ["cohort", "members"],
-            group_name="cohort",
-            kinds={"duckdb", "sql"},
-            owners=["team:epidemiology"],
+            **COHORT_KW,
             deps=[["cohort", "ai_episodes"], ["cohort", "estradiol_results"],
                   *(_staging(t) for t in ("patients", "medications", "labs", "dxa", "fractures"))],
-            description="The study cohort: men who are new users of testosterone therapy, with index date, baseline "
-            "covariates (age, BMI, vitamin D, testosterone, estradiol and its tier, baseline sBMD per site, scanner) "
-            "and follow-up to fracture, death, bone-active drug, end of enrollment or data cutoff. Table "
-            "`cohort.members`; SQL `sql/cohort/members.sql`.",
+            metadata=table_metadata("cohort.members"),
+            description=sql_description(
+                "The study cohort: men who are new users of testosterone therapy, with index date, baseline covariates "
+                "(age, BMI, vitamin D, testosterone, estradiol and its tier, baseline sBMD per site, scanner) and "
+                "follow-up to fracture, death, bone-active drug, end of enrollment or data cutoff.",
+                "cohort.members", "cohort/members",
+            ),
         ),
         dg.AssetSpec(
             ["cohort", "attrition"],
-            group_name="cohort",
-            kinds={"duckdb", "sql"},
-            owners=["team:epidemiology"],
+            **COHORT_KW,
             deps=[["cohort", "ai_episodes"]],
-            description="The cohort flow: patients remaining and excluded at each protocol step, in order (the report's "
-            "flow diagram). Table `cohort.attrition`; SQL `sql/cohort/members.sql`.",
+            metadata=table_metadata("cohort.attrition"),
+            description=sql_description(
+                "The cohort flow: patients remaining and excluded at each protocol step, in order (the report's flow "
+                "diagram), small counts suppressed with complementary suppression.",
+                "cohort.attrition", "cohort/members",
+            ),
         ),
     ],
     partitions_def=quarter_partitions,
@@ -119,26 +134,53 @@ bmd_long = cohort_table_asset(
 )
 def cohort_members(context: dg.AssetExecutionContext, warehouse: Warehouse, protocol: StudyProtocol):
     """Build the cohort and its attrition for the quarter's data cutoff."""
-    members = _build(context, warehouse, protocol, "members", "cohort.members")
+    members, rows, patients, threshold = _build(context, warehouse, protocol, "members", "cohort.members")
     cutoff = quarter_cutoff(context.partition_key)
     with warehouse.get_connection() as con:
         attrition = con.execute(
             "SELECT step, description, patients_remaining, patients_excluded FROM cohort.attrition "
             "WHERE data_cutoff = ? ORDER BY step_order", [cutoff]
-        ).df()
+        ).fetchall()
         in_bmd, ai_ever = con.execute(
             "SELECT count(*) FILTER (in_bmd_analysis), count(*) FILTER (ai_ever) FROM cohort.members WHERE data_cutoff = ?",
             [cutoff],
         ).fetchone()
-    shown = attrition.assign(
-        patients_remaining=attrition["patients_remaining"].map(suppress_count),
-        patients_excluded=attrition["patients_excluded"].map(suppress_count),
-    )
+    steps = [(step, remaining, excluded) for step, _, remaining, excluded in attrition]
+    ledger, cohort_step = cohort_ledger(steps, rows, patients, in_bmd, ai_ever, threshold)
     yield dg.MaterializeResult(
         asset_key=["cohort", "members"],
-        metadata={**members.metadata, "in_bmd_analysis": suppress_count(in_bmd), "ai_ever": suppress_count(ai_ever)},
+        metadata={
+            **row_count(ledger.get("rows")),
+            "patients": ledger.text(("n", "all")),
+            **members,
+            "in_bmd_analysis": ledger.text("in_bmd_analysis"),
+            "ai_ever": ledger.text(("n", "AI during follow-up")),
+        },
     )
+    flow = attrition_flow(ledger, [(step, description) for step, description, *_ in attrition], cohort_step)
     yield dg.MaterializeResult(
         asset_key=["cohort", "attrition"],
-        metadata={"dagster/row_count": len(attrition), "attrition": dg.MetadataValue.md(markdown_table(shown))},
+        # The row count is the number of protocol steps, not of patients: nothing to suppress.
+        metadata={
+            "dagster/row_count": len(attrition),
+            "data_cutoff": str(cutoff),
+            "attrition": dg.MetadataValue.md(_flow_table(flow)),
+            "attrition_plot": _flow_plot(flow),
+        },
     )
+
+
+def _flow_table(flow: list[dict]) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(flow).drop(columns="cohort")
+    return markdown_table(frame.rename(columns={"remaining": "patients_remaining", "excluded": "patients_excluded"}), max_rows=50)
+
+
+def _flow_plot(flow: list[dict]) -> dg.MetadataValue:
+    """The flow diagram of the report (cohort.figures.flow_figure), with the same suppressed texts."""
+    if not flow:
+        return dg.MetadataValue.md("No attrition rows for this data cutoff.")
+    from cohort.figures import flow_figure
+
+    return dg.MetadataValue.md(markdown_image(flow_figure(flow), "cohort flow"))

@@ -4,8 +4,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from cohort.publish import CURRENT, publish
-from cohort.report import gather, write_report
 from pipelines.partitions import quarter_cutoff, quarter_label, quarter_partitions
 from pipelines.resources import Locations, Warehouse
 
@@ -37,6 +35,8 @@ def quarterly_report(context: dg.AssetExecutionContext, warehouse: Warehouse, lo
     complementary suppression). Written to `COHORT_REPORTS_DIR/<YYYY-Qn>/`: `cohort_report.html`
     (self-contained), `cohort_report.pdf`, `figures/*.png`, `tables/*.csv`, `provenance.json`.
     Backfilling a past quarter rebuilds it with the same numbers."""
+    from cohort.report import gather, write_report  # numpy, pandas: loaded by the run, not the code location
+
     cutoff = quarter_cutoff(context.partition_key)
     with warehouse.get_connection() as con:
         content = gather(con, quarter_label(context.partition_key), cutoff, context.run.run_id)
@@ -85,6 +85,8 @@ def published_warehouse(context: dg.AssetExecutionContext, warehouse: Warehouse,
     (meta, reference, staging of the deliveries then current, cohort, analysis, results), written to
     `COHORT_PUBLISHED_DIR/<YYYY-Qn>.duckdb` and swapped atomically into `current.duckdb` when it is the
     newest quarter. Readers open it while the pipeline writes the working file."""
+    from cohort.publish import CURRENT, publish
+
     label = quarter_label(context.partition_key)
     path = publish(Path(warehouse.database), locations.published, label, quarter_cutoff(context.partition_key))
     return dg.MaterializeResult(

@@ -1,13 +1,15 @@
 """Validation stage: Great Expectations suites (expectations/*.json, run as SQL inside DuckDB by
 cohort.validation) as blocking asset checks on the staging tables of each delivery and on the
 cohort tables of each quarter. Results go to `meta.dq_results` (deliveries) and
-`meta.cohort_dq_results` (quarters); each delivery gets a data-quality page."""
+`meta.cohort_dq_results` (quarters); each delivery gets a data-quality page.
+
+Counts of records shown in metadata (unexpected rows) are small-cell suppressed; counts of
+expectations (passed, failed, errored) are not counts of people or records and are shown as they are."""
 
 import dagster as dg
-import pandas as pd
 
 from cohort.contract import TABLES
-from cohort.display import markdown_table
+from cohort.display import markdown_image, markdown_table, suppress_count
 from cohort.validation import (
     ExpectationOutcome,
     data_quality_page_path,
@@ -18,6 +20,7 @@ from cohort.validation import (
     validate_delivery,
     validate_quarter,
 )
+from pipelines.metadata import shown_outcome, small_cell_threshold, table_metadata
 from pipelines.partitions import delivery_partitions, quarter_cutoff
 from pipelines.resources import Locations, Warehouse
 
@@ -29,7 +32,8 @@ CHECK_SPECS = [
         description=f"Great Expectations suites expectations/delivered_{table}.json (every delivered record: "
         f"quarantined, duplicated, and per defect family) and expectations/staging_{table}.json (the staged rows: "
         "conformance, completeness, plausibility). A failed `error` expectation blocks downstream assets and "
-        "marks the delivery as not validated.",
+        f"marks the delivery as not validated. SQL: `sql/validation/delivered_{table}.sql`, "
+        f"`sql/validation/staging_{table}.sql` (the relations the suites run on).",
     )
     for table in TABLES
 ]
@@ -48,11 +52,14 @@ def _cohort_spec(table: str) -> dg.AssetCheckSpec:
         asset=COHORT_TABLES[table],
         blocking=True,
         description=f"Great Expectations suite expectations/{name}.json on `{table}` at the quarter's data cutoff; "
-        "a failed `error` expectation blocks the models and the report.",
+        f"a failed `error` expectation blocks the models and the report. SQL: `sql/validation/{name}.sql`.",
     )
 
 
-def _results_frame(outcomes: list[ExpectationOutcome]) -> pd.DataFrame:
+def _results_frame(outcomes: list[ExpectationOutcome], threshold: int):
+    """Every expectation's outcome as a table, failures first, record counts small-cell suppressed."""
+    import pandas as pd
+
     order = {"errored": 0, "failed": 1, "passed": 2}
     rows = sorted(outcomes, key=lambda o: (order[o.status], o.severity != "error", o.suite, o.name))
     frame = pd.DataFrame(
@@ -63,12 +70,12 @@ def _results_frame(outcomes: list[ExpectationOutcome]) -> pd.DataFrame:
                 "severity": o.severity,
                 "tolerated": f"{o.threshold:.3g}",
                 "result": o.status.upper() if o.status != "passed" else "passed",
-                "observed": o.observed_value if not o.errored else (o.error or "")[:120],
-                "unexpected": "" if o.unexpected_count is None else f"{o.unexpected_count:,}",
-                "unexpected_%": "" if o.unexpected_percent is None else f"{o.unexpected_percent:.3g}",
-                "example_rows": ", ".join(o.example_keys),
+                "observed": shown.observed_value if not o.errored else (o.error or "")[:120],
+                "unexpected": suppress_count(o.unexpected_count, threshold),
+                "unexpected_%": "" if shown.unexpected_percent is None else f"{shown.unexpected_percent:.3g}",
+                "example_rows": ", ".join(shown.example_keys),
             }
-            for o in rows
+            for o, shown in ((o, shown_outcome(o, threshold)) for o in rows)
         ]
     )
     # a "|" inside a cell would break the markdown table
@@ -78,18 +85,19 @@ def _results_frame(outcomes: list[ExpectationOutcome]) -> pd.DataFrame:
 def _check_result(asset_key: list[str], check_name: str, outcomes: list[ExpectationOutcome], extra: dict) -> dg.AssetCheckResult:
     failed = [o for o in outcomes if not o.passed]
     blocking = [o for o in outcomes if o.blocking_failure]
+    threshold = small_cell_threshold()
     return dg.AssetCheckResult(
         asset_key=asset_key,
         check_name=check_name,
         passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
-        description=summarize(outcomes),
+        description=summarize([shown_outcome(o, threshold) for o in outcomes]),
         metadata={
             "expectations": len(outcomes),
             "failed": sum(not o.passed and not o.errored for o in outcomes),
             "errored": sum(o.errored for o in outcomes),
             "blocking_failures": len(blocking),
-            "results": dg.MetadataValue.md(markdown_table(_results_frame(outcomes), max_rows=200)),
+            "results": dg.MetadataValue.md(markdown_table(_results_frame(outcomes, threshold), max_rows=200)),
             **extra,
         },
     )
@@ -149,13 +157,17 @@ def ai_episodes_expectations(context: dg.AssetCheckExecutionContext, warehouse: 
     partitions_def=delivery_partitions,
     deps=[["staging", t] for t in TABLES],
     pool="duckdb",
+    metadata=table_metadata("meta.dq_results"),
+    description="Data-quality results of the delivery: every expectation of every delivery suite "
+    "(expectations/delivered_<table>.json, staging_<table>.json) with its Kahn category (conformance, "
+    "completeness, plausibility), severity, outcome (passed / failed / errored), unexpected count and example "
+    "record numbers, and the delivery's data-quality page (`<reports>/data_quality/<delivery_id>.html`). "
+    "Materializes only when no blocking (error-severity) expectation failed; the page is written by the checks "
+    "either way. Table `meta.dq_results`. SQL: `sql/warehouse/schema.sql` (the table), the suites "
+    "run on the relations in `sql/validation/` (e.g. `sql/validation/staging_patients.sql`).",
 )
 def data_quality_results(context: dg.AssetExecutionContext, warehouse: Warehouse, locations: Locations) -> dg.MaterializeResult:
-    """Data-quality results of the delivery (table `meta.dq_results`): every expectation of every
-    delivery suite with its Kahn category, severity, outcome (passed / failed / errored), unexpected
-    count and example record numbers, and the delivery's data-quality page
-    (`<reports>/data_quality/<delivery_id>.html`). Materializes only when no blocking (error-severity)
-    expectation failed; the page is written by the checks either way."""
+    """Summarize the delivery's data-quality results per table and Kahn category, with a plot."""
     delivery_id = context.partition_key
     with warehouse.get_connection() as con:
         summary = con.execute(
@@ -167,8 +179,18 @@ def data_quality_results(context: dg.AssetExecutionContext, warehouse: Warehouse
         page = render_data_quality_page(con, delivery_id, data_quality_page_path(locations.reports, delivery_id))
     return dg.MaterializeResult(
         metadata={
+            # Rows of meta.dq_results are expectations, not people or records: shown as they are.
             "dagster/row_count": int(summary["expectations"].sum()) if len(summary) else 0,
             "summary": dg.MetadataValue.md(markdown_table(summary, max_rows=50)),
+            "results_plot": _dq_plot(summary),
             "data_quality_page": dg.MetadataValue.path(str(page)),
         }
     )
+
+
+def _dq_plot(summary) -> dg.MetadataValue:
+    if summary.empty:
+        return dg.MetadataValue.md("No data-quality results for this delivery.")
+    from cohort.figures import dq_status_figure
+
+    return dg.MetadataValue.md(markdown_image(dq_status_figure(summary), "data-quality results"))

@@ -1,8 +1,14 @@
-"""Figures shared by the Dagster UI and the report: one look, one color per group everywhere."""
+"""Figures shared by the Dagster UI and the report: one look, one color per group everywhere.
+
+The code location imports this module, so matplotlib, numpy and pandas are imported inside the
+functions that draw (matplotlib with the Agg backend: no display on a server)."""
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GROUP_COLORS = {"AI during follow-up": "#c0392b", "No AI": "#2c7fb8"}
 
@@ -500,6 +506,7 @@ def bmd_forest_figure(rows: pd.DataFrame, title: str, term_labels: dict[str, str
     optional analysis, drawn as separate lines with hollow markers for non-primary analyses).
     Terms not estimable (null estimate) are listed but not drawn."""
     import numpy as np
+    import pandas as pd
 
     plt = _pyplot()
     labels = term_labels or {}
@@ -592,15 +599,46 @@ def bmd_residual_figure(fitted, residuals, title: str, max_points: int = 4000, s
     return figure
 
 
-# --- ingest figures ---
-def bar_figure(labels: list[str], values: list[int], title: str, xlabel: str):
-    """Horizontal bars, largest first (e.g. quarantined rows by rule)."""
+# --- figures of the Dagster UI ---
+def bar_figure(labels: list[str], values: list[int], title: str, xlabel: str, texts: list[str] | None = None):
+    """Horizontal bars, largest first (e.g. quarantined rows by rule).
+
+    `texts`: each bar's count as shown (small-cell suppressed); a bar whose text is not its exact
+    count (suppressed) is not drawn, only its text, since its length would give the count away."""
     plt = _pyplot()
+    texts = texts if texts is not None else [f"{v:,}" for v in values]
+    drawn = [v if t == f"{int(v):,}" else 0 for v, t in zip(values, texts)]
     figure, axis = plt.subplots(figsize=(6.5, 0.4 * len(labels) + 1.2))
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    axis.barh([labels[i] for i in order], [values[i] for i in order], color="#7f8c8d")
+    order = sorted(range(len(values)), key=lambda i: (drawn[i], texts[i] != f"{int(values[i]):,}"))
+    axis.barh([labels[i] for i in order], [drawn[i] for i in order], color="#7f8c8d")
+    for y, i in enumerate(order):
+        axis.annotate(texts[i], (drawn[i], y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
     axis.set_xlabel(xlabel)
     axis.set_title(title)
+    axis.grid(axis="x", alpha=0.3)
+    axis.margins(x=0.12)
+    plt.close(figure)
+    return figure
+
+
+DQ_STATUS_COLORS = {"passed": "#31a354", "failed": "#e6550d", "errored": "#969696"}
+
+
+def dq_status_figure(summary: pd.DataFrame, title: str = "Data-quality expectations by table and Kahn category"):
+    """Stacked horizontal bars: expectations passed, failed and errored (GX could not evaluate them)
+    per table and Kahn category. summary: table_name, category, passed, failed, errored (counts of
+    expectations, not of records)."""
+    plt = _pyplot()
+    labels = [f"{t} · {c}" for t, c in zip(summary["table_name"], summary["category"])][::-1]
+    figure, axis = plt.subplots(figsize=(6.5, 0.32 * len(labels) + 1.4))
+    left = [0] * len(labels)
+    for status, color in DQ_STATUS_COLORS.items():
+        values = [int(v) for v in summary[status]][::-1]
+        axis.barh(labels, values, left=left, color=color, label=status)
+        left = [a + b for a, b in zip(left, values)]
+    axis.set_xlabel("Expectations")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
     axis.grid(axis="x", alpha=0.3)
     plt.close(figure)
     return figure

@@ -360,3 +360,34 @@ class Ledger:
             "primary": statuses.count(PRIMARY),
             "complementary": statuses.count(COMPLEMENTARY),
         }
+
+
+def register_flow(
+    ledger: Ledger,
+    steps: Sequence[tuple[str, int, int]],
+    cohort_total: Hashable | None = None,
+    cohort_step_name: str = "positive_follow_up",
+) -> tuple[list[Count], list[Count], int | None]:
+    """Register a cohort flow (cohort.attrition) in a ledger, with the relations a reader knows.
+
+    steps         (step, patients remaining after it, patients excluded at it), in protocol order
+    cohort_total  a registered count that is the cohort size: the cohort step (the one named
+                  `cohort_step_name` with that many patients, else the first step with that many) is
+                  stated equal to it
+    Keys are ("attrition_remaining", step) and ("attrition_excluded", step). Each step's remaining
+    plus its excluded is the step before's remaining, so a small excluded count is protected by
+    hiding a neighbouring remaining count. Returns (remaining, excluded, index of the cohort step).
+    """
+    remaining = [ledger.count(("attrition_remaining", step), n) for step, n, _ in steps]
+    excluded = [ledger.count(("attrition_excluded", step), n) for step, _, n in steps]
+    for i in range(1, len(steps)):
+        ledger.total(remaining[i - 1].key, [remaining[i].key, excluded[i].key])
+    cohort_step = None
+    if cohort_total is not None:
+        size = ledger.get(cohort_total).value
+        for i, (step, n, _) in enumerate(steps):
+            if n == size and (step == cohort_step_name or cohort_step is None):
+                cohort_step = i
+        if cohort_step is not None:
+            ledger.equal(remaining[cohort_step].key, cohort_total)
+    return remaining, excluded, cohort_step

@@ -12,6 +12,10 @@ DAGSTER_HOME. Debian's Chromium, driven by Playwright, then does what an analyst
 4. once that has succeeded, opens the `quarterly_report` asset and finds its metadata (report path,
    cohort size, …) on the page.
 
+On the way it reads what an analyst judges assets by: before any run, `staging/labs`' description
+(naming its SQL file) and declared columns; after each run, a plot in the metadata of
+`meta/dq_results` and `cohort/attrition` (opened with "[Show Markdown]", as an analyst does).
+
 Runs are launched by clicking; the GraphQL API is used only to wait (server ready, run status) and to
 explain a failure. The delivery partition is registered in the temporary instance before the server
 starts (what the delivery sensor would do). Screenshots and the server log go to tests/artifacts/ui/.
@@ -447,6 +451,20 @@ def _choose_quarter(page, dialog) -> None:
     dialog.get_by_text("1 partition", exact=True).wait_for(state="visible")
 
 
+def _metadata_plot_seen(page, server: Server, asset_path: str, key: str, name: str) -> None:
+    """Open an asset's page, find the metadata entry `key` of its latest materialization, open it
+    ("[Show Markdown]": a plot is too long to show inline) and see the image."""
+    page.goto(f"{server.url}/assets/{asset_path}")
+    row = page.locator("tr").filter(has_text=key).first
+    row.wait_for(state="visible")
+    row.get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog")
+    dialog.locator("img[src^='data:image/png']").first.wait_for(state="visible")
+    _shot(page, name)
+    page.keyboard.press("Escape")
+    server.mark(f"{key}_seen")
+
+
 def _run_succeeded(page, server: Server, run_id: str, job: str, partition: str, name: str) -> None:
     """Wait for the run (GraphQL), check it was launched from the UI for the partition, and screenshot
     the run page the browser is on (it updates itself)."""
@@ -482,13 +500,21 @@ def test_analyst_materializes_the_pipeline_from_the_ui(dagster_ui: Server):
                 page.get_by_role("button", name=group).first.wait_for(state="visible")
             _shot(page, "01_asset_graph")
 
+            # 1b. An asset's definition, before any run: what it means, its SQL file, its columns.
+            page.goto(f"{server.url}/assets/staging/labs")
+            page.get_by_text("sql/staging/labs.sql").first.wait_for(state="visible")
+            page.get_by_text("result_raw", exact=True).first.wait_for(state="visible")
+            _shot(page, "01b_staging_labs_definition")
+
             # 2. Ingest the delivery: its job, "Materialize all…", the delivery partition, launch.
             run_id = _launch_run_from_job_page(page, server, "ingest_new_deliveries", _choose_delivery, "02_ingest")
             _run_succeeded(page, server, run_id, "ingest_new_deliveries", DELIVERY, "03_ingest_run")
+            _metadata_plot_seen(page, server, "meta/dq_results", "results_plot", "03b_dq_results_plot")
 
             # 3. The quarterly report: its job, "Materialize all…", the quarter, launch.
             run_id = _launch_run_from_job_page(page, server, "quarterly_cohort_report", _choose_quarter, "04_quarterly")
             _run_succeeded(page, server, run_id, "quarterly_cohort_report", QUARTER, "05_quarterly_run")
+            _metadata_plot_seen(page, server, "cohort/attrition", "attrition_plot", "05b_attrition_plot")
 
             # 4. The report asset: its latest materialization's metadata is on the page.
             report_html = server.reports_dir / QUARTER_LABEL / "cohort_report.html"
