@@ -152,7 +152,8 @@ def main() -> None:
         "format": args.fmt,
         "duckdb_memory_limit": args.memory_limit,
         "execution_path": f"Great Expectations {gx.__version__} SQL engine (SQLAlchemy + duckdb_engine) inside DuckDB "
-                          f"{duckdb.__version__}; relations materialized as TEMP tables with only the suite's columns",
+                          f"{duckdb.__version__}; relations materialized as TEMP tables with only the suite's columns; "
+                          "GX's queries in autocommit (no transaction)",
         "generate_seconds": None if generate_seconds is None else round(generate_seconds, 1),
         "ingest_seconds": round(ingest_seconds, 1),
         "validation_seconds": round(validation_seconds, 1),

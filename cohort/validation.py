@@ -2,27 +2,33 @@
 
 A suite is reviewed data: a plain GX suite file whose `meta` names the relation it runs on (a
 SELECT in `sql/validation/<relation>.sql`: a staging table of one delivery joined with what its
-expectations compare it to, the delivery's records as delivered with their fate, or a cohort table
-at one data cutoff), the warehouse table it describes, its scope (`delivery` or `quarter`) and the
+expectations compare it to, the delivery's records as delivered with their fate (through the TEMP
+macros of `sql/validation/delivered_macros.sql`, see SHARED_MACROS), or a cohort table at one data
+cutoff), the warehouse table it describes, its scope (`delivery` or `quarter`) and the
 row keys shown as examples. Every expectation's `meta` carries its name, Kahn category
 (conformance, completeness, plausibility), severity (`error` blocks downstream work, `warn` does
 not), threshold (the tolerated share of failing rows; GX's `mostly` is 1 - threshold) and, where
 there is one, the OHDSI Data Quality Dashboard check it stands for (`dqd`).
 
 Execution path: GX's SQL engine, so every metric is a query inside DuckDB (about 8x faster than
-GX's pandas engine; STACK_NOTES). GX 1.24 needs two things for that, both pinned and tested in
+GX's pandas engine; STACK_NOTES). GX 1.24 needs three things for that, all pinned and tested in
 tests/test_validation.py:
 - duckdb must be one of GX's "persisted-connection" dialects, else GX hands the pooled
   connection back before fetching and every expectation comes back `success=False, result={}`
   (with a MetricResolutionError or an IndexError tucked in exception_info; GX issues #10738,
-  #11579). `_register_duckdb_with_gx()` adds it. duckdb_engine BEGINs a transaction on first
-  use that GX's persisted connection never ends; `WarehouseValidator` ends it after each suite.
+  #11579). `_register_duckdb_with_gx()` adds it.
+- that persisted connection must not hold a transaction: duckdb_engine BEGINs one that GX never
+  ends, and DuckDB aborts it at the first failing query, so one expectation GX cannot evaluate
+  would error every expectation after it. The connection GX gets ignores BEGIN, COMMIT and
+  ROLLBACK (`_autocommit_connection_class`): every query runs on its own.
 - the SQLAlchemy engine (duckdb_engine) runs on a cursor of the warehouse connection the caller
   already holds (DuckDB allows one writer per file, and the caller holds it), and the relation is
   materialized as a TEMP table on that cursor with only the columns the suite uses.
 Results keep "failed" (the data broke the expectation) apart from "errored" (GX could not
-evaluate it, including a result that came back without its metric), and examples are row keys
-(`source_record`, at most the pseudonymous `patient_key`), never values.
+evaluate it, including a result that came back without its metric, or the relation did not run),
+and examples are row keys (`source_record`, `step_order`, or keys built from `source_site` and the
+pseudonymous `patient_key`), never values. Only the latest results are kept: a delivery's per
+contract table in meta.dq_results, a quarter's per cohort table in meta.cohort_dq_results.
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ KAHN_CATEGORIES = ("conformance", "completeness", "plausibility")
 SEVERITIES = ("error", "warn")
 SCOPES = ("delivery", "quarter")
 EXAMPLE_KEYS = 5
+# Files of TEMP macros that several relations share, by the prefix of the relations that use them
+# (sql/validation/<relation>.sql): a validator runs each once on its cursor, before the first
+# relation that needs it (lazily, so validators on warehouses without those tables still work).
+SHARED_MACROS = {"delivered_": "validation/delivered_macros"}
 
 # Expectation types a suite may use: each verified on the DuckDB SQL path by the tests, by kind.
 #   map: row by row; `mostly` = 1 - threshold; the result must carry unexpected_count.
@@ -333,6 +343,33 @@ def _quiet_gx_context():
     return context
 
 
+def _autocommit_connection_class() -> type:
+    """The DB-API connection GX's SQLAlchemy engine gets: duckdb_engine's wrapper of our cursor with
+    BEGIN, COMMIT and ROLLBACK ignored, so every query GX runs (all reads) is its own transaction.
+    Else the transaction duckdb_engine BEGINs is never ended, and the first query that fails aborts
+    it: every later expectation errors with "Current transaction is aborted", and the next suite's
+    TEMP table cannot be made."""
+    try:
+        from duckdb_engine import ConnectionWrapper
+    except ImportError:
+        raise RuntimeError(
+            "the validation stage needs the duckdb-engine package (SQLAlchemy dialect for DuckDB, tested with "
+            "0.17.0): pip install duckdb-engine==0.17.0"
+        ) from None
+
+    class AutocommitConnection(ConnectionWrapper):
+        def begin(self) -> None:
+            pass
+
+        def commit(self) -> None:
+            pass
+
+        def rollback(self) -> None:
+            pass
+
+    return AutocommitConnection
+
+
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
@@ -343,8 +380,9 @@ class WarehouseValidator:
         with WarehouseValidator(con, delivery_id="site01_2025q2", data_cutoff=date(2025, 6, 30)) as v:
             outcomes = v.validate(suite)
 
-    The variables are set on a cursor of `con` (the relations read them with getvariable); GX's
-    SQLAlchemy engine runs on that same cursor, so it sees the TEMP tables made there.
+    The variables are set on a cursor of `con` (the relations read them with getvariable), and the
+    shared TEMP macros (SHARED_MACROS) are defined there; GX's SQLAlchemy engine runs on that same
+    cursor, so it sees the TEMP tables made there.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, **variables: Any):
@@ -352,17 +390,11 @@ class WarehouseValidator:
         self._variables = variables
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self._datasource = None
+        self._macros: set[str] = set()  # SHARED_MACROS files run on the cursor
 
     def __enter__(self) -> "WarehouseValidator":
-        try:
-            from duckdb_engine import ConnectionWrapper
-        except ImportError:
-            raise RuntimeError(
-                "the validation stage needs the duckdb-engine package (SQLAlchemy dialect for DuckDB, tested with "
-                "0.17.0): pip install duckdb-engine==0.17.0"
-            ) from None
-
         _register_duckdb_with_gx()
+        connection_class = _autocommit_connection_class()
         self._cursor = self._con.cursor()
         set_variables(self._cursor, **self._variables)
         cursor = self._cursor
@@ -370,7 +402,7 @@ class WarehouseValidator:
         self._datasource = context.data_sources.add_sql(
             "warehouse",
             connection_string="duckdb:///:memory:",  # never opened: the creator hands GX our cursor
-            kwargs={"creator": lambda: ConnectionWrapper(cursor)},
+            kwargs={"creator": lambda: connection_class(cursor)},
         )
         return self
 
@@ -382,10 +414,20 @@ class WarehouseValidator:
             if self._cursor is not None:
                 self._cursor.close()
             self._cursor = self._datasource = None
+            self._macros = set()
+
+    def _relation_sql(self, suite: Suite) -> str:
+        """The suite's relation, after the shared macros it uses are defined on the cursor."""
+        assert self._cursor is not None, "use WarehouseValidator as a context manager"
+        for prefix, name in SHARED_MACROS.items():
+            if suite.relation.startswith(prefix) and name not in self._macros:
+                self._cursor.execute(sql_text(name))
+                self._macros.add(name)
+        return suite.relation_sql()
 
     def relation_columns(self, suite: Suite) -> list[str]:
-        assert self._cursor is not None, "use WarehouseValidator as a context manager"
-        return [row[0] for row in self._cursor.execute(f"DESCRIBE SELECT * FROM ({suite.relation_sql()}) AS relation").fetchall()]
+        relation = self._relation_sql(suite)
+        return [row[0] for row in self._cursor.execute(f"DESCRIBE SELECT * FROM ({relation}) AS relation").fetchall()]
 
     def validate(self, suite: Suite) -> list[ExpectationOutcome]:
         """Outcomes of every expectation of `suite`, in suite order (errored ones included, never raised)."""
@@ -396,7 +438,7 @@ class WarehouseValidator:
             # only the columns the suite uses: less to materialize, and GX scans only what it checks
             projection = ", ".join(_quote(c) for c in available if c in suite.columns()) or "1 AS no_columns"
             self._cursor.execute(
-                f"CREATE OR REPLACE TEMP TABLE {_quote(table)} AS SELECT {projection} FROM ({suite.relation_sql()}) AS relation"
+                f"CREATE OR REPLACE TEMP TABLE {_quote(table)} AS SELECT {projection} FROM ({self._relation_sql(suite)}) AS relation"
             )
         except duckdb.Error as error:
             message = f"relation sql/validation/{suite.relation}.sql failed: {error}"
@@ -423,19 +465,11 @@ class WarehouseValidator:
             message = f"GX could not run the suite: {error.__class__.__name__}: {error}"
             return [_errored(suite, spec, message) for spec in suite.expectations]
         finally:
-            self._end_gx_transaction()
             try:
                 self._datasource.delete_asset(table)
             except Exception:
                 pass
             self._cursor.execute(f"DROP TABLE IF EXISTS temp.{_quote(table)}")
-
-    def _end_gx_transaction(self) -> None:
-        # duckdb_engine BEGINs on the cursor when GX first queries, and GX's persisted connection
-        # never ends that transaction: end it, else the next suite's TEMP table cannot be made.
-        connection = getattr(self._datasource.get_execution_engine(), "_connection", None)
-        if connection is not None and connection.in_transaction():
-            connection.rollback()
 
 
 def _columns_of(kwargs: dict) -> str | None:
@@ -577,33 +611,34 @@ def persist_delivery_results(
     con: duckdb.DuckDBPyConnection, run_id: str, delivery_id: str, data_cutoff: date | None, table: str,
     outcomes: list[ExpectationOutcome],
 ) -> None:
-    """Replace the delivery's results for `table` in meta.dq_results (one current set per delivery)."""
-    import pandas as pd
-
-    ensure_results_tables(con)
-    rows = pd.DataFrame(_result_rows(outcomes, run_id, datetime.now(timezone.utc)), columns=list(RESULT_COLUMNS))
-    rows["delivery_id"], rows["table_name"], rows["data_cutoff"] = delivery_id, table, data_cutoff
-    con.execute("DELETE FROM meta.dq_results WHERE delivery_id = ? AND table_name = ?", [delivery_id, table])
-    con.register("dq_rows", rows)
-    try:
-        con.execute("INSERT INTO meta.dq_results BY NAME SELECT * FROM dq_rows")
-    finally:
-        con.unregister("dq_rows")
+    """Replace the delivery's results for `table` in meta.dq_results (the latest set per delivery and table)."""
+    _replace_results(con, "meta.dq_results", run_id, outcomes, {"delivery_id": delivery_id, "table_name": table},
+                     data_cutoff=data_cutoff)
 
 
 def persist_quarter_results(
     con: duckdb.DuckDBPyConnection, run_id: str, data_cutoff: date, table: str, outcomes: list[ExpectationOutcome]
 ) -> None:
-    """Replace the quarter's results for a cohort table in meta.cohort_dq_results."""
+    """Replace the quarter's results for a cohort table in meta.cohort_dq_results (the latest set per quarter and table)."""
+    _replace_results(con, "meta.cohort_dq_results", run_id, outcomes, {"data_cutoff": data_cutoff, "table_name": table})
+
+
+def _replace_results(
+    con: duckdb.DuckDBPyConnection, target: str, run_id: str, outcomes: list[ExpectationOutcome], key: dict[str, Any],
+    **columns: Any,
+) -> None:
+    """Delete the rows of `target` matching `key` (column: value) and insert the outcomes' rows, with
+    the key's and the other given columns' values."""
     import pandas as pd
 
     ensure_results_tables(con)
     rows = pd.DataFrame(_result_rows(outcomes, run_id, datetime.now(timezone.utc)), columns=list(RESULT_COLUMNS))
-    rows["data_cutoff"], rows["table_name"] = data_cutoff, table
-    con.execute("DELETE FROM meta.cohort_dq_results WHERE data_cutoff = ? AND table_name = ?", [data_cutoff, table])
+    for column, value in {**key, **columns}.items():
+        rows[column] = value
+    con.execute(f"DELETE FROM {target} WHERE " + " AND ".join(f"{column} = ?" for column in key), list(key.values()))
     con.register("dq_rows", rows)
     try:
-        con.execute("INSERT INTO meta.cohort_dq_results BY NAME SELECT * FROM dq_rows")
+        con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM dq_rows")
     finally:
         con.unregister("dq_rows")
 

@@ -22,7 +22,7 @@ from cohort import validation as V
 from cohort.contract import TABLES
 from cohort.generator import generate
 from cohort.ingest import ingest_delivery, prepare_warehouse
-from cohort.settings import Settings
+from cohort.settings import EXPECTATIONS_DIR, Settings
 from cohort.sql import sql_text
 from tests.conftest import PARTNER_DELIVERY, query
 
@@ -65,6 +65,8 @@ def test_every_suite_file_loads_with_valid_expectation_types():
     files = V.suite_files()
     assert {p.stem for p in files} >= {f"{kind}_{t}" for t in TABLES for kind in ("staging", "delivered")} | {
         "cohort_members", "cohort_attrition", "cohort_ai_episodes"}
+    # a suite saved under another name (.yml, .json.bak) would never run: expectations/ holds only suites
+    assert sorted(p.name for p in EXPECTATIONS_DIR.iterdir()) == sorted(p.name for p in files)
     for path in files:
         suite = V.load_suite(path)  # raises SuiteError naming the file and expectation
         gx_suite = suite.gx_suite()  # GX's own validation of every type and its kwargs
@@ -243,14 +245,18 @@ def test_every_supported_type_can_pass(probe, monkeypatch):
 
 
 def test_without_the_duckdb_patch_gx_fails_silently_and_is_reported_as_errored(probe, monkeypatch):
-    """Why the patch exists (GX #10738/#11579): unpatched, GX returns success=False with result={}
-    for everything; the outcomes must then say errored, never failed-with-a-count or passed."""
+    """Why the patch exists (GX #10738/#11579): with neither the persisted connection nor the
+    autocommit connection (either alone avoids it: GX then fetches a result its pooled connection's
+    ROLLBACK has not thrown away), GX returns success=False with result={} for everything; the
+    outcomes must then say errored, never failed-with-a-count or passed."""
+    from duckdb_engine import ConnectionWrapper
     from great_expectations.execution_engine import sqlalchemy_execution_engine as engine_module
 
     con = probe
     original = tuple(d for d in engine_module._PERSISTED_CONNECTION_DIALECTS if d != "duckdb")
     monkeypatch.setattr(engine_module, "_PERSISTED_CONNECTION_DIALECTS", original)
     monkeypatch.setattr(V, "_register_duckdb_with_gx", lambda: None)
+    monkeypatch.setattr(V, "_autocommit_connection_class", lambda: ConnectionWrapper)
     outcomes = _validate_probe(con, monkeypatch, MUST_FAIL[:5] + MUST_FAIL[12:14])
     assert outcomes and all(o.errored and not o.passed and o.unexpected_count is None and o.error for o in outcomes)
 
@@ -279,16 +285,36 @@ def test_the_patch_is_pinned_to_tested_gx_versions(monkeypatch):
         V._register_duckdb_with_gx()
 
 
-def test_errored_is_reported_apart_from_failed(probe, monkeypatch):
+def test_errored_is_reported_apart_from_failed(probe, monkeypatch, tmp_path):
     con = probe
     outcomes = _validate_probe(con, monkeypatch, [
+        # GX raises before any query (no such column) ...
         ("missing_column", "expect_column_values_to_not_be_null", {"column": "not_there"}),
+        # ... and DuckDB raises inside GX's query (no mean of text): GX catches both in exception_info
+        ("mean_of_text", "expect_column_mean_to_be_between", {"column": "free_text", "max_value": 1}),
+        ("text_compared_with_number", "expect_column_values_to_be_between", {"column": "free_text", "max_value": 1}),
+        # neither may spill over onto the expectations evaluated after them
         ("real_failure", "expect_column_values_to_not_be_null", {"column": "code"}),
+        ("real_pass", "expect_column_values_to_not_be_null", {"column": "sex"}),
+        ("real_mean", "expect_column_mean_to_be_between", {"column": "value", "max_value": 20}),
     ])
-    assert [(o.status, o.blocking_failure) for o in outcomes] == [("errored", True), ("failed", True)]
-    assert outcomes[0].error and outcomes[1].unexpected_count == 100
+    assert [(o.name, o.status) for o in outcomes] == [
+        ("missing_column", "errored"), ("mean_of_text", "errored"), ("text_compared_with_number", "errored"),
+        ("real_failure", "failed"), ("real_pass", "passed"), ("real_mean", "failed")]
+    assert "does not exist" in outcomes[0].error  # GX's own message, not a result without its metric
+    assert all("Binder Error" in o.error for o in outcomes[1:3])  # DuckDB's, as GX caught it
+    assert all(o.unexpected_count is None and o.observed_value is None and o.blocking_failure for o in outcomes[:3])
+    assert outcomes[3].unexpected_count == 100 and json.loads(outcomes[5].observed_value) == pytest.approx(24.5)
+    assert all(o.error is None for o in outcomes[3:])
     summary = V.summarize(outcomes)
-    assert "1 failed" in summary and "1 errored" in summary and "BLOCKING" in summary
+    assert summary.startswith("1 of 6 expectations passed, 2 failed, 3 errored") and "BLOCKING" in summary
+    # ... and apart in meta.dq_results and on the data-quality page
+    prepare_warehouse(con)
+    V.persist_delivery_results(con, "run", "probe_delivery", None, "patients", outcomes)
+    stored = con.execute("SELECT expectation_name, passed, errored FROM meta.dq_results ORDER BY ALL").fetchall()
+    assert stored == sorted((o.name, o.status == "passed", o.status == "errored") for o in outcomes)
+    page = read_page(V.render_data_quality_page(con, "probe_delivery", tmp_path / "probe.html"))
+    assert page.statuses == {f"probe.{o.name}": o.status for o in outcomes}
     # a relation that does not run errors every expectation of its suite, with the reason
     monkeypatch.setattr(V.Suite, "relation_sql", lambda self: "SELECT * FROM synthetic.no_such_table")
     suite = _probe_suite([("x", "expect_table_row_count_to_be_between", {"min_value": 1})])
@@ -487,21 +513,14 @@ def test_a_delivery_failing_a_blocking_check_stops_downstream(tmp_path, monkeypa
     assert page.statuses["delivered_patients.records_quarantined_share"] == "failed"
 
 
-def test_results_schema_upgrades_an_old_warehouse(tmp_path):
-    con = duckdb.connect(str(tmp_path / "old.duckdb"))
-    con.execute("""
-        CREATE SCHEMA meta;
-        CREATE TABLE meta.dq_results (  -- as sql/warehouse/schema.sql created it before this stage grew
-            run_id VARCHAR, delivery_id VARCHAR, table_name VARCHAR, expectation VARCHAR, column_name VARCHAR,
-            category VARCHAR, severity VARCHAR, passed BOOLEAN, errored BOOLEAN, observed_value VARCHAR,
-            unexpected_count BIGINT, unexpected_percent DOUBLE, example_records VARCHAR, error VARCHAR,
-            validated_at TIMESTAMPTZ);
-    """)
+def test_results_tables_of_a_fresh_warehouse(tmp_path):
+    con = duckdb.connect(str(tmp_path / "fresh.duckdb"))
+    prepare_warehouse(con)
     V.ensure_results_tables(con)
-    columns = {r[0] for r in con.execute("DESCRIBE meta.dq_results").fetchall()}
-    assert {"suite", "expectation_name", "threshold", "dqd_check", "element_count", "data_cutoff"} <= columns
-    assert con.execute("SELECT count(*) FROM meta.cohort_dq_results").fetchone() == (0,)
-    # a warehouse made by today's schema.sql has the same columns as an upgraded one
-    fresh = duckdb.connect(str(tmp_path / "fresh.duckdb"))
-    prepare_warehouse(fresh)
-    assert {r[0] for r in fresh.execute("DESCRIBE meta.dq_results").fetchall()} == columns
+    delivery = {r[0] for r in con.execute("DESCRIBE meta.dq_results").fetchall()}
+    cohort = {r[0] for r in con.execute("DESCRIBE meta.cohort_dq_results").fetchall()}
+    shared = {"suite", "expectation_name", "threshold", "dqd_check", "element_count", "data_cutoff", "passed",
+              "errored", "unexpected_count", "example_records", "category", "severity"}
+    assert shared <= delivery and shared <= cohort and "delivery_id" in delivery and "delivery_id" not in cohort
+    comment = con.execute("SELECT comment FROM duckdb_tables() WHERE schema_name = 'meta' AND table_name = 'dq_results'").fetchone()[0]
+    assert "latest validation of the delivery" in comment

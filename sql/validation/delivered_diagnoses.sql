@@ -1,34 +1,12 @@
 -- Validation relation of suite delivered_diagnoses: every diagnoses record of the delivery as
--- delivered, with its fate and, per defect family, whether it has it (quarantined records
--- re-checked from their delivered values, mirroring sql/staging/diagnoses.sql; see
--- delivered_labs.sql for the reasoning). Variables: delivery_id, data_cutoff.
-WITH quarantined AS (
+-- delivered, with its fate and, per defect family, whether it has it. The quarantined records are
+-- re-checked for every family from their delivered values, mirroring sql/staging/diagnoses.sql; the
+-- rest comes from the macros of delivered_macros.sql (run it first). Variables: delivery_id,
+-- data_cutoff.
+WITH checked AS (
     SELECT source_record, rule,
-        original_values ->> 'patient_key' AS patient_key,
-        TRY_CAST(original_values ->> 'diagnosis_date' AS DATE) AS diagnosis_date
-    FROM quarantine.rows
-    WHERE delivery_id = getvariable('delivery_id') AND table_name = 'diagnoses'
-), patients AS (
-    SELECT DISTINCT patient_key FROM staging.patients WHERE delivery_id = getvariable('delivery_id')
-), checked AS (
-    SELECT q.source_record, 'quarantined' AS outcome, q.rule AS fate,
-        q.patient_key IS NOT NULL AND p.patient_key IS NULL AS orphan_patient_key,
-        coalesce(q.diagnosis_date > getvariable('data_cutoff')::DATE, false) AS future_date
-    FROM quarantined q
-    LEFT JOIN patients p ON p.patient_key = q.patient_key
-), passed AS (
-    SELECT r.source_record, s.source_record IS NOT NULL AS staged
-    FROM raw.diagnoses r
-    LEFT JOIN (SELECT source_record FROM staging.diagnoses WHERE delivery_id = getvariable('delivery_id')) s
-        ON s.source_record = r.source_record
-    ANTI JOIN quarantined q ON q.source_record = r.source_record
-    WHERE r.delivery_id = getvariable('delivery_id')
+        is_orphan_patient_key(original_values ->> 'patient_key') AS orphan_patient_key,
+        coalesce(TRY_CAST(original_values ->> 'diagnosis_date' AS DATE) > getvariable('data_cutoff')::DATE, false) AS future_date
+    FROM delivered_quarantined('diagnoses')
 )
-SELECT * FROM checked
-UNION ALL BY NAME
-SELECT source_record,
-    CASE WHEN staged THEN 'staged' ELSE 'duplicate' END AS outcome,
-    CASE WHEN staged THEN 'staged' ELSE 'duplicate' END AS fate,
-    CASE WHEN staged THEN false END AS orphan_patient_key,
-    CASE WHEN staged THEN false END AS future_date
-FROM passed
+SELECT * FROM delivered_records('diagnoses', 'checked')

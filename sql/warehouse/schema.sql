@@ -160,9 +160,14 @@ CREATE TABLE IF NOT EXISTS meta.dq_results (
     suite VARCHAR, expectation_name VARCHAR, threshold DOUBLE, dqd_check VARCHAR, element_count BIGINT,
     data_cutoff DATE
 );
-COMMENT ON TABLE meta.dq_results IS 'Great Expectations results per delivery, table and expectation (Kahn category, severity), over all validation runs.';
+COMMENT ON TABLE meta.dq_results IS 'Great Expectations results of the delivery suites (delivered_<table>, staging_<table>): one row per delivery, contract table and expectation, from the latest validation of the delivery (validating it again replaces its rows; run_id names the run).';
 COMMENT ON COLUMN meta.dq_results.errored IS 'GX could not evaluate the expectation (reported apart from failed).';
 COMMENT ON COLUMN meta.dq_results.example_records IS 'A few source_record numbers of failing rows (row keys, never values).';
+COMMENT ON COLUMN meta.dq_results.suite IS 'Suite file expectations/<suite>.json: delivered_<table> (records as delivered) or staging_<table> (staged rows).';
+COMMENT ON COLUMN meta.dq_results.expectation_name IS 'The expectation''s meta.name, stable across deliveries (trend a check over deliveries by suite + expectation_name).';
+COMMENT ON COLUMN meta.dq_results.threshold IS 'Tolerated share of failing rows (GX mostly = 1 - threshold).';
+COMMENT ON COLUMN meta.dq_results.dqd_check IS 'The OHDSI Data Quality Dashboard check(s) the expectation stands for.';
+COMMENT ON COLUMN meta.dq_results.data_cutoff IS 'The delivery''s data cutoff (for trends over deliveries).';
 
 -- Analyst views: the current snapshot of every site (its latest loaded, validated delivery).
 CREATE SCHEMA IF NOT EXISTS latest;
