@@ -53,6 +53,8 @@ def main() -> None:
             print(f"{name:<20} {timings[name]:7.1f} s", flush=True)
         rows = {t: con.execute(f"SELECT count(*) FROM {t} WHERE data_cutoff = ?", [cutoff]).fetchone()[0]
                 for t in ("cohort.members", "cohort.exposure_segments", "analysis.fracture_intervals", "analysis.bmd_long")}
+    if not rows["cohort.members"]:
+        raise SystemExit(f"no cohort members at {cutoff}: is the delivery in {warehouse} loaded and validated?")
     result = {"patients": args.patients, "seconds": timings, "total_seconds": round(sum(timings.values()), 1), "rows": rows,
               "load_average": open("/proc/loadavg").read().split()[:3]}
     print(json.dumps(result, indent=2))

@@ -13,7 +13,10 @@ import csv
 import gzip
 import json
 import re
+import time
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +48,7 @@ class IngestOutcome:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # table -> raw/staging/quarantined/duplicates
     quarantine_reasons: list[tuple[str, str, str, int]] = field(default_factory=list)  # table, rule, column, rows
     extra_columns: dict[str, list[str]] = field(default_factory=dict)  # table -> delivered columns outside the contract
+    step_seconds: dict[str, float] = field(default_factory=dict)  # step of this load -> seconds (empty unless loaded now)
 
 
 def prepare_warehouse(con: duckdb.DuckDBPyConnection) -> None:
@@ -145,27 +149,28 @@ def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: Deli
         if extras else "NULL::JSON"
     )
     select = ", ".join(text(c) for c in TABLE_COLUMNS[table])
-    source = _reader(file, header)
+    params = {"delivery": delivery_id, "file": name, "path": str(file.path)}
     if file.format == ".parquet":
         record, line = "file_row_number + 1", "NULL"
-    elif not _embedded_newlines(delivery_id, file):
-        record, line = "row_number() OVER ()", "row_number() OVER () + 1"
     else:
-        # Record n starts on line 1 + n + the line breaks inside quoted fields of records 1..n-1.
+        # Numbered after the load: a window such as row_number() OVER () in the load itself would
+        # serialize the parallel CSV reader (2x slower at 1M patients). The reader appends records in
+        # file order (preserve_insertion_order), so a record's number is its append position. For
+        # now source_line holds the line breaks inside the record's quoted fields (0 for nearly all).
         breaks = " + ".join(f"coalesce(length({_quote(h)}) - length(replace({_quote(h)}, chr(10), '')), 0)" for h in header)
-        header_lines = 1 + sum(h.count("\n") for h in header)
-        record = "record"
-        line = f"{header_lines} + record + coalesce(sum(breaks) OVER (ORDER BY record ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"
-        source = f"(SELECT row_number() OVER () AS record, {breaks} AS breaks, * FROM {source})"
+        record, line = "NULL", breaks if _embedded_newlines(delivery_id, file) else "0"
     try:
         con.execute(
             f"INSERT INTO raw.{table} SELECT $delivery, $file, {record}, {line}, {select}, {extra_json} "
-            f"FROM {source}",
-            {"delivery": delivery_id, "file": name, "path": str(file.path)},
+            f"FROM {_reader(file, header)}",
+            params,
         )
     except duckdb.Error as error:
         reason = _duckdb_reason(error).replace(str(file.path), name)
         raise DeliveryRejected(delivery_id, f"{name} could not be read: {reason}", name)
+    if file.format != ".parquet":
+        header_lines = 1 + sum(h.count("\n") for h in header)
+        run_sql(con, "staging/number_raw_records", {"table": table}, delivery_id=delivery_id, header_lines=header_lines)
     loaded = con.execute(f"SELECT count(*) FROM raw.{table} WHERE delivery_id = ?", [delivery_id]).fetchone()[0]
     if loaded != file.expected_rows:
         raise DeliveryRejected(delivery_id, f"{name} holds {loaded} records but the manifest says {file.expected_rows}", name)
@@ -229,8 +234,27 @@ def delivery_summary(con: duckdb.DuckDBPyConnection, delivery_id: str) -> Ingest
     return outcome
 
 
-def ingest_delivery(con: duckdb.DuckDBPyConnection, folder: Path) -> IngestOutcome:
-    """Load the delivery in `folder` (idempotent, atomic). Rejections are recorded, then raised."""
+class StepTimer:
+    """Times the named steps of a load and reports each as it ends (a 1M-patient load takes minutes)."""
+
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
+        self.report = report
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[step] = elapsed = time.perf_counter() - started
+        if self.report:
+            self.report(f"{step}: {elapsed:.1f} s")
+
+
+def ingest_delivery(con: duckdb.DuckDBPyConnection, folder: Path, progress: Callable[[str], None] | None = None) -> IngestOutcome:
+    """Load the delivery in `folder` (idempotent, atomic). Rejections are recorded, then raised.
+    `progress` receives one line per finished step (e.g. `context.log.info`); the outcome's
+    `step_seconds` holds the same timings."""
+    step = StepTimer(progress)
     prepare_warehouse(con)
     delivery_id = folder.name
     try:
@@ -248,6 +272,8 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, folder: Path) -> IngestOutco
         outcome.status = "unchanged"
         return outcome
 
+    # Record numbers are append positions (sql/staging/number_raw_records.sql): file order must hold.
+    con.execute("SET preserve_insertion_order = true")
     con.execute("BEGIN TRANSACTION")
     try:
         # A corrected re-delivery (same id, new manifest) replaces its predecessor's rows wholesale.
@@ -255,28 +281,36 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, folder: Path) -> IngestOutco
         findings: list[privacy.Finding] = []
         for table in TABLES:
             file = manifest.files[table]
-            extras = _load_raw_table(con, delivery_id, file)
+            with step(f"raw.{table} from {file.path.name}"):
+                extras = _load_raw_table(con, delivery_id, file)
             if extras:
                 con.executemany("INSERT INTO meta.extra_columns VALUES (?, ?, ?)", [[delivery_id, table, e] for e in extras])
-            findings += privacy.scan(con, delivery_id, table, file.path.name, extras)
+            with step(f"identifier scan of {file.path.name}"):
+                findings += privacy.scan(con, delivery_id, table, file.path.name, extras)
         if findings:
             raise DeliveryHeld(delivery_id, "possible direct identifiers: " + "; ".join(f.describe() for f in findings))
         set_variables(con, delivery_id=delivery_id, source_site=manifest.source_site, data_cutoff=manifest.data_cutoff)
+        con.execute(sql_text("staging/distinct_records"))
         for table in STAGING_ORDER:
-            con.execute(sql_text(f"staging/{table}"))
-            con.execute(sql_text("staging/route_typed_rows", table=table))
-        con.execute(sql_text("staging/fractures"))
+            with step(f"staging.{table} + quarantine"):
+                con.execute(sql_text(f"staging/{table}"))
+                con.execute(sql_text("staging/route_typed_rows", table=table))
+        with step("staging.fractures"):
+            con.execute(sql_text("staging/fractures"))
         replaced = previous is not None and previous[0] == "loaded"
         _record_delivery(con, manifest, delivery_id, "loaded", None)
         _log_event(con, delivery_id, "replaced" if replaced else "loaded", manifest,
                    "corrected re-delivery replaced the earlier load" if replaced else None)
-        con.execute("COMMIT")
+        with step("commit"):
+            con.execute("COMMIT")
     except BaseException as error:
         con.execute("ROLLBACK")
         if isinstance(error, DeliveryRejected):
             _record_rejection(con, manifest, error)
         raise
-    return delivery_summary(con, delivery_id)
+    outcome = delivery_summary(con, delivery_id)
+    outcome.step_seconds = step.seconds
+    return outcome
 
 
 def _record_rejection(con: duckdb.DuckDBPyConnection, manifest: Manifest | None, rejection: DeliveryRejected) -> None:

@@ -20,6 +20,9 @@ DEFAULTS = {
     "COHORT_DUCKDB_PATH": "data/warehouse.duckdb",
     "COHORT_REPORTS_DIR": "reports/out",
     "COHORT_PUBLISHED_DIR": "data/published",
+    # DuckDB spills to disk beyond this; its own default (80% of RAM) let a 1M-patient ingest reach
+    # 12.6 GB, over the 8 GB the pipeline is meant to fit in.
+    "COHORT_DUCKDB_MEMORY_LIMIT": "6GB",
 }
 
 
@@ -34,6 +37,7 @@ class Settings:
     duckdb_path: Path
     reports_dir: Path
     published_dir: Path = PROJECT_ROOT / DEFAULTS["COHORT_PUBLISHED_DIR"]
+    duckdb_memory_limit: str = DEFAULTS["COHORT_DUCKDB_MEMORY_LIMIT"]
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -47,4 +51,5 @@ class Settings:
             duckdb_path=get("COHORT_DUCKDB_PATH"),
             reports_dir=get("COHORT_REPORTS_DIR"),
             published_dir=get("COHORT_PUBLISHED_DIR"),
+            duckdb_memory_limit=env.get("COHORT_DUCKDB_MEMORY_LIMIT") or DEFAULTS["COHORT_DUCKDB_MEMORY_LIMIT"],
         )

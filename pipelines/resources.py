@@ -112,7 +112,8 @@ class StudyProtocol(dg.ConfigurableResource):
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings.from_env()
     return {
-        "warehouse": Warehouse(database=str(settings.duckdb_path)),
+        "warehouse": Warehouse(database=str(settings.duckdb_path),
+                               connection_config={"memory_limit": settings.duckdb_memory_limit}),
         "protocol": StudyProtocol(),
         "locations": Locations(
             landing_dir=str(settings.landing_dir),

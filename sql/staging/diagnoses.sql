@@ -1,11 +1,8 @@
 -- raw.diagnoses -> typed diagnoses, ICD-10-CM codes normalized to upper case without the dot.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    -- one row per distinct record: exact duplicates are counted (copies), not kept
-    SELECT patient_key, icd10_code, diagnosis_date, encounter_type,
-           min(source_record) AS source_record, count(*) AS copies
-    FROM raw.diagnoses WHERE delivery_id = getvariable('delivery_id')
-    GROUP BY ALL
+    -- one row per distinct record, exact duplicates counted (sql/staging/distinct_records.sql)
+    SELECT * FROM distinct_records('raw.diagnoses')
 ), parsed AS (
     SELECT s.*,
         upper(replace(replace(trim(s.icd10_code), '.', ''), ' ', '')) AS code_norm,
@@ -19,7 +16,8 @@ SELECT
     source_record, copies,
     getvariable('delivery_id') AS delivery_id, getvariable('source_site') AS source_site,
     patient_key, code_norm AS icd10_code, diagnosis_d AS diagnosis_date, lower(trim(encounter_type)) AS encounter_type,
-    list_filter([
+    -- the first rule the record breaks ("rule:column"), in priority order; NULL when it breaks none
+    coalesce(
         CASE WHEN patient_key IS NULL THEN 'missing_value:patient_key'
              WHEN NOT known_patient THEN 'orphan_patient_key:patient_key' END,
         CASE WHEN icd10_code IS NULL THEN 'missing_value:icd10_code'
@@ -27,5 +25,5 @@ SELECT
         CASE WHEN diagnosis_date IS NULL THEN 'missing_value:diagnosis_date'
              WHEN diagnosis_d IS NULL THEN 'invalid_date:diagnosis_date'
              WHEN diagnosis_d > getvariable('data_cutoff') THEN 'after_data_cutoff:diagnosis_date' END
-    ], lambda rule: rule IS NOT NULL) AS violations
+    ) AS violation
 FROM parsed;

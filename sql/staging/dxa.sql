@@ -1,11 +1,8 @@
 -- raw.dxa -> typed scans with standardized BMD (sBMD); the raw manufacturer-scale value is kept.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    -- one row per distinct record: exact duplicates are counted (copies), not kept
-    SELECT patient_key, scan_date, skeletal_site, laterality, bmd_g_cm2, t_score, z_score, manufacturer, scanner_model,
-           min(source_record) AS source_record, count(*) AS copies
-    FROM raw.dxa WHERE delivery_id = getvariable('delivery_id')
-    GROUP BY ALL
+    -- one row per distinct record, exact duplicates counted (sql/staging/distinct_records.sql)
+    SELECT * FROM distinct_records('raw.dxa')
 ), parsed AS (
     SELECT s.*,
         TRY_CAST(s.scan_date AS DATE) AS scan_d,
@@ -29,7 +26,8 @@ SELECT
     e.slope * (bmd_f - e.bmd_offset) + e.intercept AS sbmd_g_cm2,
     e.slope IS NOT NULL AS standardized,
     t_f AS t_score, z_f AS z_score, manufacturer_norm AS manufacturer, scanner_model,
-    list_filter([
+    -- the first rule the record breaks ("rule:column"), in priority order; NULL when it breaks none
+    coalesce(
         CASE WHEN patient_key IS NULL THEN 'missing_value:patient_key'
              WHEN NOT known_patient THEN 'orphan_patient_key:patient_key' END,
         CASE WHEN scan_date IS NULL THEN 'missing_value:scan_date'
@@ -46,7 +44,7 @@ SELECT
         CASE WHEN z_score IS NOT NULL AND (z_f IS NULL OR NOT isfinite(z_f)) THEN 'invalid_number:z_score'
              WHEN abs(z_f) > 10 THEN 'implausible_value:z_score' END,
         CASE WHEN manufacturer IS NULL THEN 'missing_value:manufacturer' END
-    ], lambda rule: rule IS NOT NULL) AS violations
+    ) AS violation
 FROM parsed
 LEFT JOIN (SELECT skeletal_site AS equation_site, manufacturer AS equation_manufacturer, slope, bmd_offset, intercept
            FROM reference.sbmd_equations) e

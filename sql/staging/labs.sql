@@ -1,12 +1,9 @@
--- raw.labs -> results in canonical units, censoring kept, with the rules each record breaks.
+-- raw.labs -> results in canonical units, censoring kept, with the first rule each record breaks.
 -- A result is `[<>]? number [flag]?` (flags such as H, L, HH, * are dropped); anything else is not a value.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    -- one row per distinct record: exact duplicates are counted (copies), not kept
-    SELECT patient_key, loinc_code, test_name, result, unit, collected_date, assay_method, loq,
-           min(source_record) AS source_record, count(*) AS copies
-    FROM raw.labs WHERE delivery_id = getvariable('delivery_id')
-    GROUP BY ALL
+    -- one row per distinct record, exact duplicates counted (sql/staging/distinct_records.sql)
+    SELECT * FROM distinct_records('raw.labs')
 ), results AS (
     -- parse each distinct result text once
     SELECT result, parts.op, TRY_CAST(nullif(parts.number, '') AS DOUBLE) AS number_f, parts.number AS number_txt
@@ -50,7 +47,8 @@ SELECT
     censoring,
     CASE WHEN analyte_id IS NULL THEN loq_f ELSE loq_f * factor END AS loq,
     collected_d AS collected_date, assay_method,
-    list_filter([
+    -- the first rule the record breaks ("rule:column"), in priority order; NULL when it breaks none
+    coalesce(
         CASE WHEN patient_key IS NULL THEN 'missing_value:patient_key'
              WHEN NOT known_patient THEN 'orphan_patient_key:patient_key' END,
         CASE WHEN collected_date IS NULL THEN 'missing_value:collected_date'
@@ -65,5 +63,5 @@ SELECT
                   AND (number_f * factor < min_plausible OR number_f * factor > max_plausible)
              THEN 'implausible_value:result' END,
         CASE WHEN loq IS NOT NULL AND (loq_f IS NULL OR NOT isfinite(loq_f)) THEN 'invalid_number:loq' END
-    ], lambda rule: rule IS NOT NULL) AS violations
+    ) AS violation
 FROM converted;

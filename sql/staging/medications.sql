@@ -1,11 +1,8 @@
--- raw.medications -> typed, ingredient-mapped rows with the rules each record breaks.
+-- raw.medications -> typed, ingredient-mapped rows with the first rule each record breaks.
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    -- one row per distinct record: exact duplicates are counted (copies), not kept
-    SELECT patient_key, drug_name, rxnorm_code, atc_code, start_date, days_supply, end_date, dose_mg, doses_per_week, route,
-           min(source_record) AS source_record, count(*) AS copies
-    FROM raw.medications WHERE delivery_id = getvariable('delivery_id')
-    GROUP BY ALL
+    -- one row per distinct record, exact duplicates counted (sql/staging/distinct_records.sql)
+    SELECT * FROM distinct_records('raw.medications')
 ), parsed AS (
     SELECT s.*,
         TRY_CAST(s.start_date AS DATE) AS start_d,
@@ -51,7 +48,8 @@ SELECT
     coalesce(end_d, start_d + days_supply_i - 1) AS end_date,
     end_d IS NULL AND days_supply_i IS NOT NULL AS end_date_derived,
     dose_f AS dose_mg, doses_per_week_f AS doses_per_week, route,
-    list_filter([
+    -- the first rule the record breaks ("rule:column"), in priority order; NULL when it breaks none
+    coalesce(
         CASE WHEN patient_key IS NULL THEN 'missing_value:patient_key'
              WHEN NOT known_patient THEN 'orphan_patient_key:patient_key' END,
         CASE WHEN drug_name IS NULL THEN 'missing_value:drug_name' END,
@@ -66,5 +64,5 @@ SELECT
              WHEN dose_f < 0 THEN 'implausible_value:dose_mg' END,
         CASE WHEN doses_per_week IS NOT NULL AND (doses_per_week_f IS NULL OR NOT isfinite(doses_per_week_f)) THEN 'invalid_number:doses_per_week'
              WHEN doses_per_week_f < 0 THEN 'implausible_value:doses_per_week' END
-    ], lambda rule: rule IS NOT NULL) AS violations
+    ) AS violation
 FROM mapped;

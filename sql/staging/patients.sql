@@ -1,11 +1,8 @@
--- raw.patients -> typed rows with the rules each record breaks ("rule:column"), in priority order.
+-- raw.patients -> typed rows with the first rule each record breaks ("rule:column", in priority order).
 CREATE OR REPLACE TEMP TABLE typed AS
 WITH src AS (
-    -- one row per distinct record: exact duplicates are counted (copies), not kept
-    SELECT patient_key, sex_at_birth, birth_year, age_90_plus, race, ethnicity, enrollment_start, enrollment_end, death_date,
-           min(source_record) AS source_record, count(*) AS copies
-    FROM raw.patients WHERE delivery_id = getvariable('delivery_id')
-    GROUP BY ALL
+    -- one row per distinct record, exact duplicates counted (sql/staging/distinct_records.sql)
+    SELECT * FROM distinct_records('raw.patients')
 ), parsed AS (
     SELECT source_record, copies, patient_key, sex_at_birth, race, ethnicity,
         TRY_CAST(birth_year AS INTEGER) AS birth_year_int, birth_year AS birth_year_txt,
@@ -21,7 +18,8 @@ SELECT
     getvariable('delivery_id') AS delivery_id, getvariable('source_site') AS source_site,
     patient_key, sex_at_birth, birth_year_int AS birth_year, age_90_plus_bool AS age_90_plus, race, ethnicity,
     enrollment_start_d AS enrollment_start, enrollment_end_d AS enrollment_end, death_date_d AS death_date,
-    list_filter([
+    -- the first rule the record breaks ("rule:column"), in priority order; NULL when it breaks none
+    coalesce(
         CASE WHEN patient_key IS NULL THEN 'missing_value:patient_key'
              WHEN NOT regexp_full_match(patient_key, '[A-Za-z0-9_-]{8,64}') THEN 'invalid_patient_key:patient_key' END,
         CASE WHEN versions > 1 THEN 'conflicting_duplicate_key:patient_key' END,
@@ -39,5 +37,5 @@ SELECT
              WHEN enrollment_end_d < enrollment_start_d THEN 'end_before_start:enrollment_end' END,
         CASE WHEN death_date_txt IS NOT NULL AND death_date_d IS NULL THEN 'invalid_date:death_date'
              WHEN death_date_d > getvariable('data_cutoff') THEN 'after_data_cutoff:death_date' END
-    ], lambda rule: rule IS NOT NULL) AS violations
+    ) AS violation
 FROM parsed;
