@@ -2,10 +2,15 @@
 -- Every candidate carries one flag per protocol step; a member passes them all, and the attrition
 -- table counts, step by step in protocol order, who remains.
 CREATE OR REPLACE TEMP TABLE candidates AS
+-- Every CTE joined below holds at most one row per patient (labs pivoted, outcomes aggregated per
+-- source table), so the candidates need no final GROUP BY over the wide joined rows (speed, issue #6).
 WITH snapshot AS (
     SELECT delivery_id FROM meta.deliveries_as_of(getvariable('data_cutoff'))
 ), patients AS (
-    SELECT p.* FROM staging.patients p JOIN snapshot USING (delivery_id)
+    -- DISTINCT: identical duplicate patient rows count once, as the former GROUP BY on these columns did
+    SELECT DISTINCT p.source_site, p.patient_key, p.age_90_plus, p.birth_year, p.death_date, p.enrollment_end,
+           p.enrollment_start, p.sex_at_birth
+    FROM staging.patients p JOIN snapshot USING (delivery_id)
 ), medications AS (
     SELECT m.* FROM staging.medications m JOIN snapshot USING (delivery_id)
 ), first_trt AS (
@@ -17,11 +22,14 @@ WITH snapshot AS (
     WHERE l.analyte IN ('bmi', 'vitamin_d', 'testosterone', 'estradiol') AND l.censoring = 'none'
 ), baseline_labs AS (
     -- Closest result to index within [-lab_days_before, +lab_days_after]; ties go to the earlier one.
-    SELECT t.source_site, t.patient_key, l.analyte,
-           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) AS value
+    SELECT t.source_site, t.patient_key,
+           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'bmi') AS bmi,
+           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'vitamin_d') AS vitamin_d_ng_ml,
+           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'testosterone') AS testosterone_ng_dl,
+           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'estradiol') AS estradiol_pg_ml
     FROM first_trt t JOIN labs l USING (source_site, patient_key)
     WHERE l.collected_date BETWEEN t.index_date - getvariable('lab_days_before') AND t.index_date + getvariable('lab_days_after')
-    GROUP BY ALL
+    GROUP BY t.source_site, t.patient_key
 ), scans AS (
     SELECT d.source_site, d.patient_key, d.scan_date, d.skeletal_site, avg(d.sbmd_g_cm2) AS sbmd,
            any_value(d.manufacturer) AS manufacturer
@@ -43,19 +51,28 @@ WITH snapshot AS (
     FROM baseline_scan b JOIN scans s
       ON s.source_site = b.source_site AND s.patient_key = b.patient_key AND s.scan_date = b.baseline_scan_date
     GROUP BY ALL
-), fractures AS (
-    SELECT f.source_site, f.patient_key, f.fracture_date
-    FROM staging.fractures f JOIN snapshot USING (delivery_id)
-), bone_drugs AS (
-    SELECT source_site, patient_key, start_date FROM medications
-    WHERE drug_class IN (SELECT unnest(getvariable('bone_active_drug_classes')))
-), glucocorticoids AS (
-    SELECT source_site, patient_key, start_date,
-           coalesce(end_date, start_date + getvariable('default_days_supply') - 1) AS end_date
-    FROM medications WHERE drug_class = 'glucocorticoid'
-), ai AS (
-    SELECT source_site, patient_key, episode_start, episode_end
-    FROM cohort.ai_episodes WHERE data_cutoff = getvariable('data_cutoff')
+), fracture_outcomes AS (
+    -- first fracture after index, and any in the lookback up to and including index
+    SELECT t.source_site, t.patient_key,
+           min(f.fracture_date) FILTER (f.fracture_date > t.index_date) AS fracture_date,
+           bool_or(f.fracture_date BETWEEN t.index_date - getvariable('prior_fracture_days') AND t.index_date) AS prior_fracture
+    FROM first_trt t JOIN staging.fractures f USING (source_site, patient_key) JOIN snapshot s ON s.delivery_id = f.delivery_id
+    GROUP BY t.source_site, t.patient_key
+), bone_drug_outcomes AS (
+    -- first bone-active drug after index, and any on or before it
+    SELECT t.source_site, t.patient_key,
+           min(b.start_date) FILTER (b.start_date > t.index_date) AS bone_active_drug_date,
+           bool_or(b.start_date <= t.index_date) AS prior_bone_drug
+    FROM first_trt t JOIN medications b USING (source_site, patient_key)
+    WHERE b.drug_class IN (SELECT unnest(getvariable('bone_active_drug_classes')))
+    GROUP BY t.source_site, t.patient_key
+), glucocorticoid_outcomes AS (
+    SELECT t.source_site, t.patient_key,
+           bool_or(t.index_date BETWEEN g.start_date
+                   AND coalesce(g.end_date, g.start_date + getvariable('default_days_supply') - 1)) AS glucocorticoid_at_index
+    FROM first_trt t JOIN medications g USING (source_site, patient_key)
+    WHERE g.drug_class = 'glucocorticoid'
+    GROUP BY t.source_site, t.patient_key
 ), e2_at_index AS (
     -- the tier at index: the latest estradiol day in the lookback up to and including index
     SELECT t.source_site, t.patient_key, arg_max(e.e2_tier, e.collected_date) AS e2_tier
@@ -63,56 +80,35 @@ WITH snapshot AS (
     WHERE e.data_cutoff = getvariable('data_cutoff') AND NOT e.lcms_only
       AND e.collected_date BETWEEN t.index_date - getvariable('e2_lookback_days') + 1 AND t.index_date
     GROUP BY ALL
-), outcomes AS (
-    SELECT t.source_site, t.patient_key,
-           (SELECT min(f.fracture_date) FROM fractures f
-             WHERE f.source_site = t.source_site AND f.patient_key = t.patient_key AND f.fracture_date > t.index_date) AS fracture_date,
-           (SELECT min(b.start_date) FROM bone_drugs b
-             WHERE b.source_site = t.source_site AND b.patient_key = t.patient_key AND b.start_date > t.index_date) AS bone_active_drug_date,
-           EXISTS (SELECT 1 FROM bone_drugs b
-             WHERE b.source_site = t.source_site AND b.patient_key = t.patient_key AND b.start_date <= t.index_date) AS prior_bone_drug,
-           EXISTS (SELECT 1 FROM fractures f
-             WHERE f.source_site = t.source_site AND f.patient_key = t.patient_key
-               AND f.fracture_date BETWEEN t.index_date - getvariable('prior_fracture_days') AND t.index_date) AS prior_fracture,
-           EXISTS (SELECT 1 FROM glucocorticoids g
-             WHERE g.source_site = t.source_site AND g.patient_key = t.patient_key
-               AND t.index_date BETWEEN g.start_date AND g.end_date) AS glucocorticoid_at_index
-    FROM first_trt t
 )
 SELECT
     p.source_site, p.patient_key, t.index_date,
     CASE WHEN p.age_90_plus THEN 90 ELSE year(t.index_date) - p.birth_year END AS age_at_index,
-    max(bl.value) FILTER (bl.analyte = 'bmi') AS bmi,
-    max(bl.value) FILTER (bl.analyte = 'vitamin_d') AS vitamin_d_ng_ml,
-    max(bl.value) FILTER (bl.analyte = 'testosterone') AS testosterone_ng_dl,
-    max(bl.value) FILTER (bl.analyte = 'estradiol') AS estradiol_pg_ml,
-    any_value(o.glucocorticoid_at_index) AS glucocorticoid_at_index,
-    any_value(bb.baseline_scan_date) AS baseline_scan_date,
-    any_value(bb.scanner_manufacturer) AS scanner_manufacturer,
-    any_value(bb.sbmd_lumbar_spine) AS sbmd_lumbar_spine,
-    any_value(bb.sbmd_femoral_neck) AS sbmd_femoral_neck,
-    any_value(bb.sbmd_total_hip) AS sbmd_total_hip,
-    coalesce(any_value(e2.e2_tier), 'unknown') AS e2_tier_at_index,
-    any_value(o.fracture_date) AS fracture_date, p.death_date, any_value(o.bone_active_drug_date) AS bone_active_drug_date,
+    bl.bmi, bl.vitamin_d_ng_ml, bl.testosterone_ng_dl, bl.estradiol_pg_ml,
+    -- as the former EXISTS: false for a testosterone user without a match, NULL for a non-user
+    CASE WHEN t.patient_key IS NOT NULL THEN coalesce(g.glucocorticoid_at_index, false) END AS glucocorticoid_at_index,
+    bb.baseline_scan_date, bb.scanner_manufacturer, bb.sbmd_lumbar_spine, bb.sbmd_femoral_neck, bb.sbmd_total_hip,
+    coalesce(e2.e2_tier, 'unknown') AS e2_tier_at_index,
+    f.fracture_date, p.death_date, b.bone_active_drug_date,
     p.enrollment_end,
     -- protocol steps
     p.sex_at_birth = getvariable('sex_at_birth') AS step_sex,
     t.index_date IS NOT NULL AS step_testosterone,
     t.index_date - p.enrollment_start >= getvariable('washout_days') AND t.index_date <= p.enrollment_end AS step_new_user,
     coalesce(CASE WHEN p.age_90_plus THEN 90 ELSE year(t.index_date) - p.birth_year END >= getvariable('min_age_at_index'), false) AS step_adult,
-    NOT coalesce(any_value(o.prior_bone_drug), false) AS step_no_prior_bone_drug,
-    NOT coalesce(any_value(o.prior_fracture), false) AS step_no_prior_fracture,
+    NOT coalesce(b.prior_bone_drug, false) AS step_no_prior_bone_drug,
+    NOT coalesce(f.prior_fracture, false) AS step_no_prior_fracture,
     coalesce(p.death_date, DATE '9999-12-31') > t.index_date AND p.enrollment_end > t.index_date
         AND getvariable('data_cutoff') > t.index_date AS step_follow_up,
-    any_value(bb.baseline_scan_date) IS NOT NULL AS step_baseline_scan
+    bb.baseline_scan_date IS NOT NULL AS step_baseline_scan
 FROM patients p
-LEFT JOIN first_trt t USING (source_site, patient_key)
-LEFT JOIN baseline_labs bl USING (source_site, patient_key)
-LEFT JOIN baseline_bmd bb USING (source_site, patient_key)
-LEFT JOIN outcomes o USING (source_site, patient_key)
-LEFT JOIN e2_at_index e2 USING (source_site, patient_key)
-GROUP BY p.source_site, p.patient_key, t.index_date, p.age_90_plus, p.birth_year, p.death_date, p.enrollment_end,
-         p.enrollment_start, p.sex_at_birth;
+LEFT JOIN first_trt t ON t.source_site = p.source_site AND t.patient_key = p.patient_key
+LEFT JOIN baseline_labs bl ON bl.source_site = p.source_site AND bl.patient_key = p.patient_key
+LEFT JOIN baseline_bmd bb ON bb.source_site = p.source_site AND bb.patient_key = p.patient_key
+LEFT JOIN fracture_outcomes f ON f.source_site = p.source_site AND f.patient_key = p.patient_key
+LEFT JOIN bone_drug_outcomes b ON b.source_site = p.source_site AND b.patient_key = p.patient_key
+LEFT JOIN glucocorticoid_outcomes g ON g.source_site = p.source_site AND g.patient_key = p.patient_key
+LEFT JOIN e2_at_index e2 ON e2.source_site = p.source_site AND e2.patient_key = p.patient_key;
 
 DELETE FROM cohort.members WHERE data_cutoff = getvariable('data_cutoff');
 INSERT INTO cohort.members
