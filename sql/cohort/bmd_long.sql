@@ -24,7 +24,7 @@ WITH members AS MATERIALIZED (
     WHERE s.data_cutoff = getvariable('data_cutoff') AND s.segment_end >= m.baseline_scan_date
 ), exposure AS (
     -- Exposure time depends on the scan day only, not the skeletal site: computed once per scan day.
-    SELECT c.pid, c.scan_date,
+    SELECT e.pid, e.scan_date,
            sum(e.years) FILTER (e.ai_current) AS years_on_ai,
            sum(e.years) FILTER (e.e2_tier = 'lt10') AS years_e2_lt10,
            sum(e.years) FILTER (e.e2_tier = '10_20') AS years_e2_10_20,
@@ -36,13 +36,16 @@ WITH members AS MATERIALIZED (
            sum(e.years) FILTER (e.e2_tier_lcms = '20_40') AS years_e2_lcms_20_40,
            sum(e.years) FILTER (e.e2_tier_lcms = 'ge40') AS years_e2_lcms_ge40,
            sum(e.years) FILTER (e.e2_tier_lcms = 'unknown') AS years_e2_lcms_unknown
-    FROM (SELECT DISTINCT pid, scan_date FROM scans) c
-    JOIN LATERAL (
-        SELECT greatest(0, least(s.segment_end, c.scan_date - 1) - greatest(s.segment_start, s.baseline_scan_date) + 1) / 365.25 AS years,
+    FROM (
+        -- a plain hash join on pid, not a LATERAL subquery (which DuckDB decorrelates with an extra
+        -- grouping and join)
+        SELECT c.pid, c.scan_date,
+               greatest(0, least(s.segment_end, c.scan_date - 1) - greatest(s.segment_start, s.baseline_scan_date) + 1) / 365.25 AS years,
                s.ai_current, s.e2_tier, s.e2_tier_lcms
-        FROM segments s WHERE s.pid = c.pid AND s.segment_start < c.scan_date
-    ) e ON true
-    GROUP BY c.pid, c.scan_date
+        FROM (SELECT DISTINCT pid, scan_date FROM scans) c
+        JOIN segments s ON s.pid = c.pid AND s.segment_start < c.scan_date
+    ) e
+    GROUP BY e.pid, e.scan_date
 )
 SELECT getvariable('data_cutoff') AS data_cutoff, m.source_site, m.patient_key, c.skeletal_site, c.scan_date, c.manufacturer,
        (c.scan_date - m.baseline_scan_date) / 365.25 AS years_since_baseline,
