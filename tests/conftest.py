@@ -36,6 +36,11 @@ def query(settings: Settings, sql: str, params: list | None = None) -> list[tupl
         return con.execute(sql, params or []).fetchall()
 
 
+def latest_metadata(instance: dg.DagsterInstance, *key: str) -> dict:
+    """The metadata of the asset's latest materialization, as the UI shows it."""
+    return instance.get_latest_materialization_event(dg.AssetKey(list(key))).asset_materialization.metadata
+
+
 @pytest.fixture(scope="session")
 def partner_run(tmp_path_factory):
     """The whole pipeline, once, on a delivery written by hand (not by our generator)."""

@@ -16,8 +16,6 @@ tests/test_pipeline_end_to_end.py and tests/test_fracture_models.py.
 
 from __future__ import annotations
 
-import json
-
 import dagster as dg
 import duckdb
 import numpy as np

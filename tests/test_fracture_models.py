@@ -644,26 +644,22 @@ def test_generated_cohort_recovers_planted_hazard_ratios(generated_run):
 
 
 def test_materializations_show_hazard_ratios_curves_and_flags(generated_run):
-    import dagster as dg
+    from tests.conftest import latest_metadata
 
     _, _, _, instance = generated_run
 
-    def metadata(*key):
-        event = instance.get_latest_materialization_event(dg.AssetKey(list(key)))
-        return event.asset_materialization.metadata
-
-    cox = metadata("results", "fracture_cox")
+    cox = latest_metadata(instance, "results", "fracture_cox")
     table = cox["hazard_ratios"].value
     assert "Current aromatase inhibitor" in table and "HR (95% CI)" in table
     assert "**FAILED**" in table or cox["results_failing_diagnostics"].value == 0
     assert cox["forest_plot"].value.startswith("![Hazard ratios](data:image/png;base64,")
     for key in (("results", "km_curves"), ("results", "km_curves_e2_tier")):
-        assert metadata(*key)["km_plot"].value.startswith("![Kaplan-Meier](data:image/png;base64,")
-    assert "cif_plot_ai" in metadata("results", "cumulative_incidence")
-    assert "ps_overlap_plot" in metadata("results", "propensity_diagnostics")
-    assert "SMD after" in metadata("results", "balance")["balance"].value
+        assert latest_metadata(instance, *key)["km_plot"].value.startswith("![Kaplan-Meier](data:image/png;base64,")
+    assert "cif_plot_ai" in latest_metadata(instance, "results", "cumulative_incidence")
+    assert "ps_overlap_plot" in latest_metadata(instance, "results", "propensity_diagnostics")
+    assert "SMD after" in latest_metadata(instance, "results", "balance")["balance"].value
     # counts shown to people are suppressed: no bare 1-10 in the events columns
-    rates = metadata("results", "incidence_rates")["incidence_rates"].value
+    rates = latest_metadata(instance, "results", "incidence_rates")["incidence_rates"].value
     for line in rates.splitlines()[2:]:
         fractures = line.split("|")[3].strip()
         assert fractures == "<11" or fractures == "0" or int(fractures.replace(",", "")) >= 11, line

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from cohort.cli import main
-from tests.conftest import PARTNER_DELIVERY, land, query
+from tests.conftest import PARTNER_DELIVERY, land, latest_metadata, query
 
 
 def test_every_delivered_record_is_accounted_for(partner_run):
@@ -140,23 +140,17 @@ def test_published_copy_is_readable_while_the_warehouse_is_being_written(partner
 
 
 def test_materializations_show_schema_preview_and_quarantine_plot(partner_run):
-    import dagster as dg
-
     _, _, instance, _ = partner_run
 
-    def latest_metadata(*key):
-        event = instance.get_latest_materialization_event(dg.AssetKey(list(key)))
-        return event.asset_materialization.metadata
-
-    labs = latest_metadata("staging", "labs")
+    labs = latest_metadata(instance, "staging", "labs")
     # 1 quarantined record: shown as <11, and the staging count that would give it away (raw - 1) is hidden.
     assert "dagster/row_count" not in labs and labs["row_count"].value == "hidden" and labs["quarantined_rows"].value == "<11"
     assert "result_raw" in [c.name for c in labs["dagster/column_schema"].value.columns]
     assert all(c.description for c in labs["dagster/column_schema"].value.columns)
     assert "| patient_key" in labs["preview"].value or "patient_key" in labs["preview"].value
-    quarantine = latest_metadata("quarantine", "rows")
+    quarantine = latest_metadata(instance, "quarantine", "rows")
     assert "data:image/png;base64," in quarantine["quarantine_reasons"].value
-    members = latest_metadata("cohort", "members")
+    members = latest_metadata(instance, "cohort", "members")
     assert members["patients"].value == "35" and members["dagster/column_schema"].value.columns
 
 

@@ -2,7 +2,6 @@
 front and equal to the real table's, and no count under the small-cell threshold shown or derivable."""
 
 import re
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -12,6 +11,7 @@ from cohort.ingest import IngestOutcome
 from cohort.settings import PROJECT_ROOT
 from cohort.validation import ExpectationOutcome, summarize
 from pipelines.definitions import defs
+from tests.conftest import latest_metadata
 from pipelines.metadata import (
     attrition_flow,
     cohort_ledger,
@@ -242,17 +242,14 @@ def test_materializations_of_a_real_run_show_no_small_count(partner_run):
     could be derived from, are not shown."""
     _, _, instance, _ = partner_run
 
-    def metadata(*key):
-        return instance.get_latest_materialization_event(dg.AssetKey(list(key))).asset_materialization.metadata
-
-    labs = metadata("staging", "labs")
+    labs = latest_metadata(instance, "staging", "labs")
     assert labs["quarantined_rows"].value == "<11"
     assert "dagster/row_count" not in labs and labs["row_count"].value == "hidden"
-    quarantine = metadata("quarantine", "rows")
+    quarantine = latest_metadata(instance, "quarantine", "rows")
     assert "dagster/row_count" not in quarantine
     assert "<11" in quarantine["rows_per_layer"].value
-    attrition = metadata("cohort", "attrition")
+    attrition = latest_metadata(instance, "cohort", "attrition")
     assert attrition["attrition_plot"].value.startswith("![cohort flow](data:image/png;base64,")
     assert not {n for n in _numbers(attrition["attrition"].value) if 0 < n < THRESHOLD}
-    dq = metadata("meta", "dq_results")
+    dq = latest_metadata(instance, "meta", "dq_results")
     assert dq["results_plot"].value.startswith("![data-quality results](data:image/png;base64,")
