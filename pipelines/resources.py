@@ -113,7 +113,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     settings = settings or Settings.from_env()
     return {
         "warehouse": Warehouse(database=str(settings.duckdb_path),
-                               connection_config={"memory_limit": settings.duckdb_memory_limit}),
+                               connection_config=settings.duckdb_config),
         "protocol": StudyProtocol(),
         "locations": Locations(
             landing_dir=str(settings.landing_dir),

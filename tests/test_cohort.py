@@ -155,6 +155,30 @@ def test_estradiol_tier_ages_out_after_the_lookback_and_lcms_sensitivity(tmp_pat
     ]
 
 
+@pytest.mark.parametrize("gap, segments", [
+    # the next result on the last day of the lookback: the tier never lapses, and a result with the
+    # tier already current starts no segment
+    (180, [(0, 9, "unknown"), (10, 369, "20_40"), (370, 400, "unknown")]),
+    # one day later: unknown for the one day between
+    (181, [(0, 9, "unknown"), (10, 189, "20_40"), (190, 190, "unknown"), (191, 370, "20_40"), (371, 400, "unknown")]),
+])
+def test_estradiol_segments_start_only_where_the_tier_changes(tmp_path, gap, segments):
+    key = "e2patient3"
+    tables = {
+        "patients": [patient(key, enrollment_start=d(ENROLLED), enrollment_end=d(INDEX, 400))],
+        "medications": [trt(key, INDEX, 365)],
+        "labs": [e2(key, INDEX + timedelta(days=10), "25"), e2(key, INDEX + timedelta(days=10 + gap), "30")],
+    }
+    con = build(tmp_path, tables)
+    # days since index; segments are inclusive calendar-day ranges
+    assert con.execute(
+        "SELECT segment_start - ?::DATE, segment_end - ?::DATE, e2_tier FROM cohort.exposure_segments ORDER BY 1",
+        [INDEX, INDEX]).fetchall() == segments
+    assert con.execute(
+        "SELECT start_day, stop_day, e2_tier FROM analysis.fracture_intervals ORDER BY start_day").fetchall() == [
+        (max(start - 1, 0), end, tier) for start, end, tier in segments]
+
+
 def test_intervals_split_at_ai_and_glucocorticoid_changes_and_bmd_exposure_time(tmp_path):
     key = "tvpatient1"
     tables = {

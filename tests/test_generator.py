@@ -473,7 +473,9 @@ def count_defects(folder: Path) -> dict[str, dict[str, int]]:
     out["impossible_values"]["medications"] = t["medications"].filter(pl.col("days_supply") <= 0).height
     number = pl.col("result").str.replace(r" [HL]$", "").cast(pl.Float64, strict=False)
     out["impossible_values"]["labs"] = t["labs"].filter(pl.col("result").str.contains(NUMBER) & (number < 0)).height
-    out["impossible_values"]["dxa"] = t["dxa"].filter((pl.col("bmd_g_cm2") <= 0) | (pl.col("bmd_g_cm2") > 3)).height
+    out["impossible_values"]["dxa"] = t["dxa"].filter(  # the delivered_dxa rule
+        (pl.col("bmd_g_cm2") <= 0) | (pl.col("bmd_g_cm2") > 3)
+        | (pl.col("t_score").abs() > 10) | (pl.col("z_score").abs() > 10)).height
     out["unknown_units"]["labs"] = t["labs"].filter(
         ~pl.col("unit").str.to_lowercase().is_in(list(KNOWN_UNITS))).height
     out["end_before_start"]["medications"] = t["medications"].filter(pl.col("end_date") < pl.col("start_date")).height
@@ -542,3 +544,20 @@ def test_invalid_arguments(tmp_path):
         generate(tmp_path, patients=10, fmt="xlsx")
     with pytest.raises(ValueError):
         generate(tmp_path, patients=10, last_cutoff=date(2025, 5, 31))
+
+
+def test_scores_off_the_reference_scale_are_not_reported():
+    """A clean scan must never break the delivered_dxa plausibility rule (|T| or |Z| above 10), which
+    counts planted defects only: at 1M patients the lumbar-spine tail reached Z = 10."""
+    from cohort.generator import catalogs as cat
+    from cohort.generator.dxa import _scores
+
+    young_mean, young_sd = cat.YOUNG_REFERENCE["Hologic"]["lumbar_spine"]
+    bmd = np.array([young_mean, young_mean + 10.08 * young_sd, young_mean + 9.96 * young_sd, young_mean - 10.08 * young_sd])
+    rows = {"pid": np.zeros(4, dtype=int), "site": np.zeros(4, dtype=int), "scanner": np.zeros(4, dtype=int),
+            "day": np.zeros(4, dtype=int), "bmd": bmd}
+    _scores({"age_index": np.array([30.0]), "index": np.array([0])}, rows, np.random.default_rng(0))
+    # T = Z at age 30; some scores are missing at random (2% / 10%), the rest must be on the scale
+    for score in (rows["t_score"], rows["z_score"]):
+        assert np.isnan(score[[1, 3]]).all()
+        assert np.isnan(score[[0, 2]]).all() or set(score[[0, 2]][~np.isnan(score[[0, 2]])]) <= {0.0, 10.0}

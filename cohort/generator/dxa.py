@@ -180,6 +180,13 @@ def _scores(p, rows, rng) -> None:
     maker = cat.SCANNER_MANUFACTURER[rows["scanner"]]
     mean, sd = ref[maker, rows["site"], 0], ref[maker, rows["site"], 1]
     age = p["age_index"][rows["pid"]] + (rows["day"] - p["index"][rows["pid"]]) / DAYS_PER_YEAR
-    rows["t_score"] = np.where(rng.random(n) < 0.02, np.nan, np.round((rows["bmd"] - mean) / sd, 1))
+    rows["t_score"] = _on_scale(np.where(rng.random(n) < 0.02, np.nan, np.round((rows["bmd"] - mean) / sd, 1)))
     age_mean = mean * (1 - 0.0035 * np.maximum(age - 30, 0))
-    rows["z_score"] = np.where(rng.random(n) < 0.10, np.nan, np.round((rows["bmd"] - age_mean) / sd, 1))
+    rows["z_score"] = _on_scale(np.where(rng.random(n) < 0.10, np.nan, np.round((rows["bmd"] - age_mean) / sd, 1)))
+
+
+def _on_scale(score: np.ndarray) -> np.ndarray:
+    """No score beyond +-10, as scanner software reports none off its reference scale: the lumbar-spine
+    tail reaches Z = 10 at 1M patients, and a clean row must never break the delivered_dxa
+    plausibility rule (|T| or |Z| above 10), which counts planted defects only."""
+    return np.where(np.abs(score) > 10, np.nan, score)

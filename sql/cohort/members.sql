@@ -21,12 +21,14 @@ WITH snapshot AS (
     FROM staging.labs l JOIN snapshot USING (delivery_id)
     WHERE l.analyte IN ('bmi', 'vitamin_d', 'testosterone', 'estradiol') AND l.censoring = 'none'
 ), baseline_labs AS (
-    -- Closest result to index within [-lab_days_before, +lab_days_after]; ties go to the earlier one.
+    -- Closest result to index within [-lab_days_before, +lab_days_after]; ties go to the earlier one:
+    -- the key 2 * distance + (after index) orders by distance, then day, as the tuple (distance, day)
+    -- would, but as one integer (tuple comparisons were 5% of the cohort build at 1M patients).
     SELECT t.source_site, t.patient_key,
-           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'bmi') AS bmi,
-           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'vitamin_d') AS vitamin_d_ng_ml,
-           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'testosterone') AS testosterone_ng_dl,
-           arg_min(l.value, (abs(l.collected_date - t.index_date), l.collected_date)) FILTER (l.analyte = 'estradiol') AS estradiol_pg_ml
+           arg_min(l.value, 2 * abs(l.collected_date - t.index_date) + (l.collected_date > t.index_date)::INTEGER) FILTER (l.analyte = 'bmi') AS bmi,
+           arg_min(l.value, 2 * abs(l.collected_date - t.index_date) + (l.collected_date > t.index_date)::INTEGER) FILTER (l.analyte = 'vitamin_d') AS vitamin_d_ng_ml,
+           arg_min(l.value, 2 * abs(l.collected_date - t.index_date) + (l.collected_date > t.index_date)::INTEGER) FILTER (l.analyte = 'testosterone') AS testosterone_ng_dl,
+           arg_min(l.value, 2 * abs(l.collected_date - t.index_date) + (l.collected_date > t.index_date)::INTEGER) FILTER (l.analyte = 'estradiol') AS estradiol_pg_ml
     FROM first_trt t JOIN labs l USING (source_site, patient_key)
     WHERE l.collected_date BETWEEN t.index_date - getvariable('lab_days_before') AND t.index_date + getvariable('lab_days_after')
     GROUP BY t.source_site, t.patient_key
@@ -42,7 +44,7 @@ WITH snapshot AS (
     GROUP BY ALL
 ), baseline_scan AS (
     SELECT s.source_site, s.patient_key,
-           arg_min(s.scan_date, (abs(s.scan_date - s.index_date), s.scan_date)) AS baseline_scan_date
+           arg_min(s.scan_date, 2 * abs(s.scan_date - s.index_date) + (s.scan_date > s.index_date)::INTEGER) AS baseline_scan_date
     FROM scans s
     GROUP BY ALL
 ), baseline_bmd AS (
