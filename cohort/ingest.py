@@ -158,7 +158,8 @@ def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: Deli
         # file order (preserve_insertion_order), so a record's number is its append position. For
         # now source_line holds the line breaks inside the record's quoted fields (0 for nearly all).
         breaks = " + ".join(f"coalesce(length({_quote(h)}) - length(replace({_quote(h)}, chr(10), '')), 0)" for h in header)
-        record, line = "NULL", breaks if _embedded_newlines(delivery_id, file) else "0"
+        embedded_newlines = _embedded_newlines(delivery_id, file)
+        record, line = "NULL", breaks if embedded_newlines else "0"
     try:
         con.execute(
             f"INSERT INTO raw.{table} SELECT $delivery, $file, {record}, {line}, {select}, {extra_json} "
@@ -170,7 +171,10 @@ def _load_raw_table(con: duckdb.DuckDBPyConnection, delivery_id: str, file: Deli
         raise DeliveryRejected(delivery_id, f"{name} could not be read: {reason}", name)
     if file.format != ".parquet":
         header_lines = 1 + sum(h.count("\n") for h in header)
-        run_sql(con, "staging/number_raw_records", {"table": table}, delivery_id=delivery_id, header_lines=header_lines)
+        set_variables(con, delivery_id=delivery_id, header_lines=header_lines)
+        if embedded_newlines:
+            con.execute(sql_text("staging/count_quoted_line_breaks", table=table))
+        con.execute(sql_text("staging/number_raw_records", table=table))
     loaded = con.execute(f"SELECT count(*) FROM raw.{table} WHERE delivery_id = ?", [delivery_id]).fetchone()[0]
     if loaded != file.expected_rows:
         raise DeliveryRejected(delivery_id, f"{name} holds {loaded} records but the manifest says {file.expected_rows}", name)

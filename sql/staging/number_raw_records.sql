@@ -1,17 +1,10 @@
--- Number the records of one delivered CSV file just appended to raw.{table}: source_record is the
+-- Number the records of one delivered file just appended to raw.{table}: source_record is the
 -- record's position in the file (its append position: DuckDB keeps file order on insert), and
--- source_line the line it starts on, given the header's lines and the line breaks inside quoted
--- fields of the records before it (held in source_line by the load until now).
-UPDATE raw.{table} SET source_record = rowid - (
-    SELECT min(rowid) FROM raw.{table} WHERE delivery_id = getvariable('delivery_id')
-) + 1
+-- source_line the line it starts on: the header's lines, one per record before it, and the line
+-- breaks inside the quoted fields of the records before it, which source_line holds until now
+-- (0 unless sql/staging/count_quoted_line_breaks.sql ran). One UPDATE of every row.
+UPDATE raw.{table} SET
+    source_record = rowid - first.row_id + 1,
+    source_line = getvariable('header_lines') + rowid - first.row_id + 1 + source_line
+FROM (SELECT min(rowid) AS row_id FROM raw.{table} WHERE delivery_id = getvariable('delivery_id')) first
 WHERE delivery_id = getvariable('delivery_id');
-
-UPDATE raw.{table} SET source_line = numbered.line
-FROM (
-    SELECT source_record,
-           getvariable('header_lines') + source_record
-             + coalesce(sum(source_line) OVER (ORDER BY source_record ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS line
-    FROM raw.{table} WHERE delivery_id = getvariable('delivery_id')
-) numbered
-WHERE raw.{table}.delivery_id = getvariable('delivery_id') AND raw.{table}.source_record = numbered.source_record;
