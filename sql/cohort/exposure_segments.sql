@@ -5,11 +5,12 @@
 -- the latest result ageing out of the lookback: a result collected on day r counts on days
 -- r .. r + lookback - 1).
 --
--- Built in one sorted pass per member (speed, issue #6): every change day becomes a row, and a single
--- window over the member's days gives the segment end (next change day - 1), the glucocorticoid supplies
--- running at the segment start and the latest estradiol tier change up to it. Only the days the tier
--- really changes become rows (a new result with the tier already current, or a result ageing out when
--- the next one arrives within the lookback, change nothing): about 40% fewer rows to walk.
+-- Built in two sorted passes (speed, issue #6). One over each member's estradiol results finds the
+-- days the tier really changes: a new result with the tier already current, or a result ageing out
+-- when the next one arrives within the lookback, changes nothing and starts no segment (7.3M segments
+-- instead of 11.9M at 1M patients). Then every change day becomes a row, and one window over the
+-- member's days gives the segment end (next change day - 1), the glucocorticoid supplies running at
+-- the segment start and the latest tier change up to it.
 DELETE FROM cohort.exposure_segments WHERE data_cutoff = getvariable('data_cutoff');
 
 INSERT INTO cohort.exposure_segments
