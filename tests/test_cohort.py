@@ -206,6 +206,29 @@ def test_intervals_split_at_ai_and_glucocorticoid_changes_and_bmd_exposure_time(
     assert log_sbmd == pytest.approx(__import__("math").log(0.019 + 1.087 * 0.78))
 
 
+def test_overlapping_and_adjacent_glucocorticoid_supplies_are_one_period_of_use(tmp_path):
+    key = "gcpatient1"
+
+    def prednisone(start: int, days: int, end: int | None = None) -> dict:
+        return {"patient_key": key, "drug_name": "PREDNISONE 5 MG", "atc_code": "H02AB07", "start_date": d(INDEX, start),
+                "days_supply": str(days), **({"end_date": d(INDEX, end)} if end is not None else {})}
+
+    tables = {
+        "patients": [patient(key, enrollment_start=d(ENROLLED), enrollment_end=d(INDEX, 400))],
+        # days 100..129 and 120..149 overlap, 150..159 follows on: one period, days 100..159; an
+        # inverted supply (ending before it starts) never counts; 200..209 is a period of its own
+        "medications": [trt(key, INDEX, 365), prednisone(100, 30), prednisone(120, 30), prednisone(150, 10),
+                        prednisone(180, 10, end=170), prednisone(200, 10)],
+    }
+    con = build(tmp_path, tables)
+    assert con.execute(
+        "SELECT segment_start - ?::DATE, segment_end - ?::DATE, glucocorticoid_current FROM cohort.exposure_segments ORDER BY 1",
+        [INDEX, INDEX]).fetchall() == [(0, 99, False), (100, 159, True), (160, 199, False), (200, 209, True), (210, 400, False)]
+    assert con.execute(
+        "SELECT start_day, stop_day, glucocorticoid_current FROM analysis.fracture_intervals ORDER BY 1").fetchall() == [
+        (0, 99, False), (99, 159, True), (159, 199, False), (199, 209, True), (209, 400, False)]
+
+
 def test_protocol_file_is_validated_with_a_clear_message(tmp_path):
     bad = tmp_path / "protocol.toml"
     bad.write_text("[estradiol]\ntier_bounds_pg_ml = [20, 10, 40]\n[exposure]\ngrace_period_days = -3\n")
@@ -255,6 +278,17 @@ def test_cohort_on_a_generated_delivery_matches_the_planted_world(tmp_path):
         "SELECT sum(stop_day - start_day) FILTER (ai_current) / sum(stop_day - start_day) FROM analysis.fracture_intervals"
     ).fetchone()
     assert on_ai == pytest.approx(truth["exposure_summary"]["share_ai_current"], abs=0.01)
+    # Segments and intervals start only where the exposure changes: no two adjacent ones are alike.
+    for table, start, end in (("cohort.exposure_segments", "segment_start", "segment_end"),
+                              ("analysis.fracture_intervals", "start_day", "stop_day - 1")):
+        assert con.execute(f"""
+            SELECT count(*) FROM (
+                SELECT {start} AS start, lag({end}) OVER w AS previous_end,
+                       lag((ai_current, ai_drug, ai_dose_mg, e2_tier, e2_tier_lcms, glucocorticoid_current)) OVER w AS previous,
+                       (ai_current, ai_drug, ai_dose_mg, e2_tier, e2_tier_lcms, glucocorticoid_current) AS exposure
+                FROM {table} WINDOW w AS (PARTITION BY patient_key ORDER BY {start}))
+            WHERE previous_end + 1 = start AND previous IS NOT DISTINCT FROM exposure
+        """).fetchone() == (0,), table
     # Intervals partition each member's follow-up exactly: contiguous from 0 to follow_up_days.
     assert con.execute("""
         SELECT count(*) FROM (

@@ -25,14 +25,27 @@ WITH members AS MATERIALIZED (
     SELECT m.pid, m.range_end, a.episode_start, a.episode_end, a.ingredients, a.mean_dose_mg
     FROM cohort.ai_episodes a JOIN members m USING (source_site, patient_key)
     WHERE a.data_cutoff = getvariable('data_cutoff')
-), glucocorticoids AS (
-    SELECT mb.pid, mb.range_end, g.start_date, g.end_date
-    FROM (SELECT m.source_site, m.patient_key, m.start_date,
+), glucocorticoid_supplies AS (
+    -- supplies in start order, with the last day covered by the ones before (an inverted supply,
+    -- ending before it starts, never counts)
+    SELECT pid, range_end, start_date, end_date,
+           max(end_date) OVER (PARTITION BY pid ORDER BY start_date, end_date
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS covered_until
+    FROM (SELECT mb.pid, mb.range_end, m.start_date,
                  coalesce(m.end_date, m.start_date + getvariable('default_days_supply') - 1) AS end_date
           FROM staging.medications m
           JOIN meta.deliveries_as_of(getvariable('data_cutoff')) USING (delivery_id)
-          WHERE m.drug_class = 'glucocorticoid') g
-    JOIN members mb USING (source_site, patient_key)
+          JOIN members mb ON mb.source_site = m.source_site AND mb.patient_key = m.patient_key
+          WHERE m.drug_class = 'glucocorticoid')
+    WHERE end_date >= start_date
+), glucocorticoids AS (
+    -- Overlapping or adjacent supplies merged into periods of use, so that use starts and stops only
+    -- where it really does (a segment boundary then always changes something).
+    SELECT pid, any_value(range_end) AS range_end, min(start_date) AS start_date, max(end_date) AS end_date
+    FROM (SELECT *, sum(CASE WHEN start_date <= covered_until + 1 THEN 0 ELSE 1 END)
+                        OVER (PARTITION BY pid ORDER BY start_date, end_date ROWS UNBOUNDED PRECEDING) AS period
+          FROM glucocorticoid_supplies)
+    GROUP BY pid, period
 ), estradiol AS (
     -- Each tier set's results (all assays; LC-MS/MS only) in day order, with the set's tier the day
     -- before (the previous result's while it is in the lookback, else unknown) and the next result day.
@@ -67,11 +80,9 @@ WITH members AS MATERIALIZED (
     UNION ALL SELECT pid, range_end + 1, 0, NULL, NULL FROM members
     UNION ALL SELECT pid, episode_start, 0, NULL, NULL FROM ai WHERE episode_start <= range_end + 1
     UNION ALL SELECT pid, episode_end + 1, 0, NULL, NULL FROM ai WHERE episode_end + 1 <= range_end + 1
-    -- a supply [start, end] counts +1 from its start and -1 from end + 1 (an inverted one never counts)
-    UNION ALL SELECT pid, start_date, CASE WHEN end_date >= start_date THEN 1 ELSE 0 END, NULL, NULL
-              FROM glucocorticoids WHERE start_date <= range_end + 1
-    UNION ALL SELECT pid, end_date + 1, CASE WHEN end_date >= start_date THEN -1 ELSE 0 END, NULL, NULL
-              FROM glucocorticoids WHERE end_date + 1 <= range_end + 1
+    -- a period of use [start, end] counts +1 from its start and -1 from end + 1
+    UNION ALL SELECT pid, start_date, 1, NULL, NULL FROM glucocorticoids WHERE start_date <= range_end + 1
+    UNION ALL SELECT pid, end_date + 1, -1, NULL, NULL FROM glucocorticoids WHERE end_date + 1 <= range_end + 1
     UNION ALL SELECT pid, day, 0, CASE WHEN NOT lcms_only THEN packed END, CASE WHEN lcms_only THEN packed END
               FROM e2_changes
 ), days AS (
