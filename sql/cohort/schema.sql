@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS cohort.exposure_segments (
     ai_current BOOLEAN, ai_drug VARCHAR, ai_dose_mg DOUBLE,
     e2_tier VARCHAR, e2_tier_lcms VARCHAR, glucocorticoid_current BOOLEAN
 );
-COMMENT ON TABLE cohort.exposure_segments IS 'Per member, calendar-day segments (segment_start..segment_end inclusive) over which current AI, estradiol tier and glucocorticoid use are constant; from the earlier of baseline scan and index to the end of follow-up.';
+COMMENT ON TABLE cohort.exposure_segments IS 'Per member, calendar-day segments (segment_start..segment_end inclusive) over which current AI, estradiol tier and glucocorticoid use are constant, each starting where one of them changes (no two adjacent segments alike); from the earlier of baseline scan and index to the end of follow-up.';
 COMMENT ON COLUMN cohort.exposure_segments.e2_tier IS 'lt10 | 10_20 | 20_40 (reference) | ge40 | unknown: from the latest estradiol in the protocol lookback (all assays, or LC-MS/MS only if the protocol says so).';
 COMMENT ON COLUMN cohort.exposure_segments.e2_tier_lcms IS 'As e2_tier from LC-MS/MS results only (sensitivity analysis).';
 
