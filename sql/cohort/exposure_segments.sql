@@ -1,16 +1,17 @@
 -- Time-varying exposure of every member, as calendar-day segments over which current AI, estradiol
 -- tier and glucocorticoid use are all constant: from the earlier of baseline scan and index to the
--- end of follow-up. A segment starts wherever one of them may change: an AI episode or glucocorticoid
--- supply starting or ending, or the estradiol tier changing (a result with another tier arriving, or
--- the latest result ageing out of the lookback: a result collected on day r counts on days
--- r .. r + lookback - 1).
+-- end of follow-up. A segment starts only where one of them changes: an AI episode or a period of
+-- glucocorticoid use starting or ending, or the estradiol tier changing (a result with another tier
+-- arriving, or the latest result ageing out of the lookback: a result collected on day r counts on
+-- days r .. r + lookback - 1). So no two adjacent segments are alike (sql/cohort/fracture_intervals.sql
+-- relies on it).
 --
--- Built in two sorted passes (speed, issue #6). One over each member's estradiol results finds the
--- days the tier really changes: a new result with the tier already current, or a result ageing out
--- when the next one arrives within the lookback, changes nothing and starts no segment (7.3M segments
--- instead of 11.9M at 1M patients). Then every change day becomes a row, and one window over the
--- member's days gives the segment end (next change day - 1), the glucocorticoid supplies running at
--- the segment start and the latest tier change up to it.
+-- Built in sorted passes over integer keys (speed, issue #6). One over each member's estradiol results
+-- finds the days the tier really changes: a new result with the tier already current, or a result
+-- ageing out when the next one arrives within the lookback, changes nothing (7.2M segments instead of
+-- 11.9M at 1M patients). Then every change day becomes a row, and one window over the member's days
+-- gives the segment end (next change day - 1), the glucocorticoid use at the segment start and the
+-- latest tier change up to it.
 DELETE FROM cohort.exposure_segments WHERE data_cutoff = getvariable('data_cutoff');
 
 INSERT INTO cohort.exposure_segments
