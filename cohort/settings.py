@@ -42,8 +42,8 @@ class Settings:
     @property
     def duckdb_config(self) -> dict[str, str | bool]:
         """Connection settings of the pipeline's DuckDB connections. Rows of a table have no order
-        unless a query asks for one, so DuckDB need not keep it (5% faster cohort build at 1M
-        patients); the ingest, which numbers records by their position, turns it back on."""
+        unless a query asks for one, so DuckDB need not keep it (a 1M-patient cohort build took 55.3 s
+        instead of 58.4 s, one run each); the ingest, which numbers records by position, turns it back on."""
         return {"memory_limit": self.duckdb_memory_limit, "preserve_insertion_order": False}
 
     @classmethod

@@ -23,7 +23,7 @@ WITH snapshot AS (
 ), baseline_labs AS (
     -- Closest result to index within [-lab_days_before, +lab_days_after]; ties go to the earlier one:
     -- the key 2 * distance + (after index) orders by distance, then day, as the tuple (distance, day)
-    -- would, but as one integer (tuple comparisons were 5% of the cohort build at 1M patients).
+    -- would, but as one integer (comparing tuples cost 0.7 s of this file's 13 s at 1M patients).
     SELECT t.source_site, t.patient_key,
            arg_min(l.value, 2 * abs(l.collected_date - t.index_date) + (l.collected_date > t.index_date)::INTEGER) FILTER (l.analyte = 'bmi') AS bmi,
            arg_min(l.value, 2 * abs(l.collected_date - t.index_date) + (l.collected_date > t.index_date)::INTEGER) FILTER (l.analyte = 'vitamin_d') AS vitamin_d_ng_ml,
